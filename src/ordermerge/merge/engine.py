@@ -1,0 +1,297 @@
+"""The streaming merge engine: one tensor name at a time, from memory-mapped inputs to shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .. import OrdermergeError, __version__
+from ..safetensors_io import INDEX_NAME, CheckpointReader, ShardedWriter, sha256_file
+from .strategies import REGISTRY, Group
+
+# Files copied next to the merged weights, from the base (else from the first sub-model).
+COPIED_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A generator seeded from (seed, tensor name) by SHA-256: independent of tensor order,
+    sharding and threads, and stable across Python processes (unlike hash())."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError
+    if isinstance(value, bool):
+        raise ValueError
+    return kind(value)
+
+
+def parse_params(strategy: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a strategy's parameters, fill defaults; OrdermergeError names the bad one."""
+    if strategy not in REGISTRY:
+        raise OrdermergeError(
+            f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(REGISTRY))}"
+        )
+    spec = REGISTRY[strategy].params
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        known = ", ".join(sorted(spec)) or "none"
+        raise OrdermergeError(
+            f"strategy {strategy}: unknown parameter {unknown[0]!r} (accepted: {known})"
+        )
+    out = {}
+    for key, p in spec.items():
+        value = params.get(key, p.default)
+        try:
+            value = _coerce(key, value, p.kind)
+            ok = p.check(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise OrdermergeError(
+                f"strategy {strategy}: parameter {key}={params.get(key)!r} must be {p.expect}"
+            )
+        out[key] = value
+    return out
+
+
+def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[float]:
+    if weights is None:
+        weights = [1.0] * n
+    weights = [float(x) for x in weights]
+    if len(weights) != n:
+        raise OrdermergeError(f"--weights: got {len(weights)} weights for {n} sub-models")
+    if not all(x > 0 and x < float("inf") for x in weights):
+        raise OrdermergeError(f"--weights: every weight must be positive and finite, got {weights}")
+    if REGISTRY[strategy].normalise_weights:
+        s = sum(weights)
+        weights = [x / s for x in weights]
+    return weights
+
+
+def _fingerprint(folder: Path) -> dict[str, str | None]:
+    cfg = folder / "config.json"
+    index = folder / INDEX_NAME
+    if index.exists():
+        idx = sha256_file(index)
+    else:  # single file: its header names, dtypes, shapes and offsets play the index's part
+        with open(folder / "model.safetensors", "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            idx = hashlib.sha256(f.read(n)).hexdigest()
+    return {
+        "path": str(folder),
+        "config_sha256": sha256_file(cfg) if cfg.exists() else None,
+        "index_sha256": idx,
+    }
+
+
+def _check_same_layout(base: CheckpointReader, models: list[CheckpointReader]) -> None:
+    names = set(base.infos)
+    for r in models:
+        other = set(r.infos)
+        if other != names:
+            diff = sorted(names ^ other)[0]
+            where = "missing from" if diff in names else "not in the base but in"
+            raise OrdermergeError(f"{r.folder}: tensor {diff} is {where} this model")
+        for name in base.names():
+            a, b = base.infos[name], r.infos[name]
+            if a.shape != b.shape:
+                raise OrdermergeError(
+                    f"{b.shard}: tensor {name} has shape {list(b.shape)}, base has {list(a.shape)}"
+                )
+            if a.dtype != b.dtype:
+                raise OrdermergeError(
+                    f"{b.shard}: tensor {name} has dtype {b.dtype}, base has {a.dtype}"
+                )
+
+
+def _load(reader: CheckpointReader, name: str) -> torch.Tensor:
+    t = reader.get(name)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise OrdermergeError(f"{reader.infos[name].shard}: tensor {name} contains NaN or Inf")
+    return t
+
+
+def merge(
+    base: str | Path,
+    models: Sequence[str | Path],
+    out: str | Path,
+    strategy: str,
+    params: dict[str, Any] | None = None,
+    weights: Sequence[float] | None = None,
+    seed: int = 0,
+    dtype: str | None = None,
+    max_shard_size: int = 5 * 2**30,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Merge `models` (fine-tuned from `base`) into the HF folder `out`; returns merge.json.
+
+    Streams one tensor name at a time; writes into a hidden sibling folder and renames it at
+    the end, so an interrupted merge never leaves a folder that looks complete.
+    """
+    t0 = time.perf_counter()
+    if len(models) < 2:
+        raise OrdermergeError(f"need at least 2 sub-models to merge, got {len(models)}")
+    params = parse_params(strategy, params)
+    w = _weights(strategy, weights, len(models))
+    if dtype is not None and dtype not in DTYPE_BY_NAME:
+        raise OrdermergeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_BY_NAME)}")
+    base, out = Path(base), Path(out)
+    models = [Path(m) for m in models]
+    base_r = CheckpointReader(base)
+    model_rs = [CheckpointReader(m) for m in models]
+    _check_same_layout(base_r, model_rs)
+    fn = REGISTRY[strategy].fn
+
+    names = base_r.names()
+    out_dtype = {}
+    for n in names:
+        d = base_r.infos[n].dtype
+        out_dtype[n] = DTYPE_BY_NAME[dtype] if dtype and d.is_floating_point else d
+    specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    zero = {i: {} for i in range(len(models))}
+    picks = torch.zeros(len(models), dtype=torch.long)
+    total_elems = 0
+    bytes_in = 0
+    try:
+        writer = ShardedWriter(tmp, specs, max_shard_size)
+        for name in tqdm(names, desc=f"merge {strategy}", unit="tensor", disable=not progress):
+            g = Group(name, _load(base_r, name), [_load(r, name) for r in model_rs])
+            bytes_in += base_r.infos[name].nbytes * (1 + len(models))
+            numel = g.base.numel()
+            total_elems += numel
+            if g.base.is_floating_point():
+                for i, ch in enumerate(g.changed):
+                    zero[i][name] = numel - int(ch.sum())
+                res = fn(g, w, tensor_generator(seed, name), **params)
+                merged = res.tensor
+                if res.picks is not None:
+                    picks += res.picks
+            else:  # integer buffers (e.g. position ids) are not parameters: keep the base's
+                merged = g.base
+                for i in range(len(models)):
+                    zero[i][name] = numel
+            writer.write(name, merged.to(out_dtype[name]).contiguous())
+            del g, merged
+        writer.close()
+        shapes = {n: base_r.infos[n].shape for n in names}
+        meta = _finish(tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes)
+        meta["elements"] = total_elems
+        elapsed = time.perf_counter() - t0
+        meta["summary"] = {
+            "tensors": len(names),
+            "bytes_read": bytes_in,
+            "bytes_written": writer.bytes_written,
+            "seconds": round(elapsed, 3),
+        }
+        (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _stable(meta: dict[str, Any]) -> dict[str, Any]:
+    # merge.json must be byte-identical across reruns, so wall-clock seconds are kept out of it.
+    return {k: v for k, v in meta.items() if k != "summary"}
+
+
+def _finish(
+    tmp: Path,
+    base: Path,
+    models: list[Path],
+    strategy: str,
+    params: dict[str, Any],
+    w: list[float],
+    seed: int,
+    dtype: str | None,
+    zero: dict[int, dict[str, int]],
+    picks: torch.Tensor,
+    names: dict[str, tuple[int, ...]],
+) -> dict[str, Any]:
+    src = base if (base / "config.json").exists() else models[0]
+    cfg_path = src / "config.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        if dtype:
+            cfg["dtype"] = dtype
+            if "torch_dtype" in cfg:
+                cfg["torch_dtype"] = dtype
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for fname in COPIED_FILES:
+        for folder in (base, models[0]):
+            if (folder / fname).exists():
+                shutil.copyfile(folder / fname, tmp / fname)
+                break
+    numel = {n: int(torch.Size(shape).numel()) for n, shape in names.items()}
+    total = sum(numel.values())
+    per_model = [
+        {
+            "path": str(m),
+            "zero_fraction": sum(zero[i].values()) / total,
+            "zero_fraction_per_tensor": {n: zero[i][n] / max(1, numel[n]) for n in sorted(zero[i])},
+        }
+        for i, m in enumerate(models)
+    ]
+    meta: dict[str, Any] = {
+        "ordermerge_version": __version__,
+        "strategy": strategy,
+        "parameters": params,
+        "weights": w,
+        "seed": seed,
+        "dtype": dtype,
+        "base": _fingerprint(base),
+        "models": [_fingerprint(m) for m in models],
+        "task_vector_zero": per_model,
+    }
+    if strategy == "parameter_selection":
+        n = int(picks.sum())
+        meta["selection_share"] = [int(c) / n if n else 0.0 for c in picks]
+        meta["selection_counts"] = [int(c) for c in picks]
+    return meta
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

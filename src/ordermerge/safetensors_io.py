@@ -1,0 +1,255 @@
+"""Minimal, streaming safetensors I/O.
+
+Reading memory-maps each shard and returns zero-copy tensors, so a merge holds at most the tensors
+it is working on. Writing lays out every shard's header before any tensor is computed (names,
+dtypes and shapes are known up front), then appends tensor bytes in header order: the output is
+never held in memory as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import OrdermergeError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shard: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the shard file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def _read_header(path: Path) -> dict[str, TensorInfo]:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise OrdermergeError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (hlen,) = struct.unpack("<Q", raw)
+            if hlen > size - 8 or hlen > 100_000_000:
+                raise OrdermergeError(f"{path}: corrupt safetensors header (length {hlen})")
+            header = json.loads(f.read(hlen))
+    except OSError as e:
+        raise OrdermergeError(f"{path}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise OrdermergeError(f"{path}: corrupt safetensors header (not JSON)") from None
+    header.pop("__metadata__", None)
+    base = 8 + hlen
+    infos: dict[str, TensorInfo] = {}
+    for name, h in header.items():
+        dtype = DTYPES.get(h.get("dtype"))
+        if dtype is None:
+            raise OrdermergeError(f"{path}: tensor {name}: unsupported dtype {h.get('dtype')!r}")
+        start, end = h["data_offsets"]
+        shape = tuple(h["shape"])
+        n = 1
+        for d in shape:
+            n *= d
+        if end - start != n * dtype.itemsize:
+            raise OrdermergeError(f"{path}: tensor {name}: byte size does not match its shape")
+        if base + end > size:
+            raise OrdermergeError(
+                f"{path}: truncated: tensor {name} ends at byte {base + end}, file has {size}"
+            )
+        infos[name] = TensorInfo(path, dtype, shape, base + start, base + end)
+    return infos
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors shards of an HF model folder (sharded with an index, or single file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OrdermergeError(f"{folder}: model folder does not exist")
+    index = folder / INDEX_NAME
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
+            raise OrdermergeError(
+                f"{index}: not a valid safetensors index (no weight_map)"
+            ) from None
+        shards = sorted(set(weight_map.values()))
+        for s in shards:
+            if not (folder / s).exists():
+                raise OrdermergeError(f"{index}: names shard {s}, which does not exist")
+        return [folder / s for s in shards]
+    if (folder / SINGLE_NAME).exists():
+        return [folder / SINGLE_NAME]
+    raise OrdermergeError(f"{folder}: no model.safetensors or {INDEX_NAME} (no weights)")
+
+
+class CheckpointReader:
+    """Memory-mapped, name-addressed view of all tensors of one model folder."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+        self.infos: dict[str, TensorInfo] = {}
+        for shard in weight_files(self.folder):
+            for name, info in _read_header(shard).items():
+                if name in self.infos:
+                    raise OrdermergeError(f"{shard}: tensor {name} appears in two shards")
+                self.infos[name] = info
+        self._maps: dict[Path, mmap.mmap] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self.infos)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Zero-copy tensor backed by the file (copy-on-write map: never written back)."""
+        info = self.infos[name]
+        mm = self._maps.get(info.shard)
+        if mm is None:
+            with open(info.shard, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            self._maps[info.shard] = mm
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=info.dtype)
+        flat = torch.frombuffer(mm, dtype=torch.uint8, count=info.nbytes, offset=info.start)
+        return flat.view(info.dtype).view(info.shape)
+
+    def close(self) -> None:
+        self._maps.clear()  # tensors still alive keep their map open; the GC closes it later
+
+    def __enter__(self) -> CheckpointReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def plan_shards(
+    specs: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int
+) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
+    """Split (name, dtype, shape) specs, in the given order, into shards of at most max bytes."""
+    shards: list[list] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = spec[1].itemsize * _numel(spec[2])
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+    return shards
+
+
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _header_bytes(specs: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> bytes:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape in specs:
+        n = dtype.itemsize * _numel(shape)
+        header[name] = {
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format asks for 8-byte alignment of the data
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class ShardedWriter:
+    """Writes tensors in a pre-announced order into HF-style shards (plus an index if > 1)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
+        max_shard_bytes: int,
+    ):
+        self.folder = Path(folder)
+        self.shards = plan_shards(specs, max_shard_bytes)
+        n = len(self.shards)
+        self.files = (
+            [SINGLE_NAME]
+            if n == 1
+            else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self._order: Iterator[tuple[int, str, torch.dtype, tuple[int, ...]]] = iter(
+            (i, name, dtype, shape)
+            for i, shard in enumerate(self.shards)
+            for name, dtype, shape in shard
+        )
+        self._current = -1
+        self._fh = None
+        self.bytes_written = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        i, expected, dtype, shape = next(self._order)
+        if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise RuntimeError(f"writer expected {expected} {dtype} {shape}, got {name}")
+        if i != self._current:
+            if self._fh:
+                self._fh.close()
+            self._fh = open(self.folder / self.files[i], "wb")
+            self._fh.write(_header_bytes(self.shards[i]))
+            self._current = i
+        data = tensor.contiguous().view(torch.uint8).numpy()
+        self._fh.write(memoryview(data))
+        self.bytes_written += data.nbytes
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+        if len(self.files) > 1:
+            total = sum(
+                dtype.itemsize * _numel(shape) for shard in self.shards for _, dtype, shape in shard
+            )
+            weight_map = {
+                name: self.files[i] for i, shard in enumerate(self.shards) for name, _, _ in shard
+            }
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,91 @@
+"""Shared fixtures: small real safetensors checkpoints and HF model folders made on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_family(
+    root: Path,
+    n: int = 3,
+    dtype: torch.dtype = torch.bfloat16,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    frac_unchanged: float = 0.4,
+) -> tuple[Path, list[Path]]:
+    """A base and n sub-models as single-file safetensors folders.
+
+    Each sub-model perturbs a random (1 - frac_unchanged) share of each tensor, so part of
+    every task vector is exactly zero, like bf16 fine-tunes.
+    """
+    shapes = shapes or {"a.weight": (64, 48), "b.bias": (48,), "c.norm": (17,), "emb": (100, 16)}
+    g = torch.Generator().manual_seed(seed)
+    base = {k: torch.randn(s, generator=g).to(dtype) for k, s in shapes.items()}
+    paths = []
+    for i in range(n + 1):
+        folder = root / ("base" if i == 0 else f"m{i}")
+        folder.mkdir(parents=True)
+        tensors = {}
+        for k, t in base.items():
+            if i == 0:
+                tensors[k] = t
+            else:
+                mask = torch.rand(t.shape, generator=g) >= frac_unchanged
+                delta = 0.05 * torch.randn(t.shape, generator=g)
+                tensors[k] = torch.where(mask, (t.float() + delta).to(dtype), t)
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps({"model_type": "toy", "dtype": str(dtype)}))
+        paths.append(folder)
+    return paths[0], paths[1:]
+
+
+@pytest.fixture
+def family(tmp_path: Path) -> tuple[Path, list[Path]]:
+    return make_family(tmp_path / "in")
+
+
+def make_hf_family(root: Path, n: int = 3, seed: int = 0) -> tuple[Path, list[Path]]:
+    """A real (tiny, tied-embedding) Llama base and n bf16 sub-models, as HF folders."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    base = root / "base"
+    model.save_pretrained(base)
+    subs = []
+    for i in range(n):
+        with torch.no_grad():
+            m = LlamaForCausalLM(cfg).to(torch.bfloat16)
+            m.load_state_dict(model.state_dict())
+            for p in m.parameters():
+                p.add_(
+                    0.01
+                    * torch.randn_like(p.float()).to(p.dtype)
+                    * (torch.rand_like(p.float()) > 0.3)
+                )
+        m.save_pretrained(root / f"m{i + 1}")
+        subs.append(root / f"m{i + 1}")
+    return base, subs
+
+
+sys.path.insert(0, str(ROOT / "tests"))

@@ -1,0 +1,396 @@
+"""Merge engine: exact properties of every strategy, determinism, layout, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_family, make_hf_family
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from ordermerge.cli import main
+from ordermerge.merge import REGISTRY, Group, merge, tensor_generator
+from ordermerge.safetensors_io import CheckpointReader, ShardedWriter
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _group(n: int, shape: tuple[int, ...], seed: int, frac_unchanged: float, dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g).to(dtype)
+    models = []
+    for _ in range(n):
+        keep = torch.rand(shape, generator=g) < frac_unchanged
+        models.append(
+            torch.where(keep, base, (base.float() + torch.randn(shape, generator=g)).to(dtype))
+        )
+    return Group("t", base, models)
+
+
+def _w(n: int, seed: int) -> list[float]:
+    g = torch.Generator().manual_seed(seed + 1)
+    w = (torch.rand(n, generator=g) + 0.05).tolist()
+    return [x / sum(w) for x in w]
+
+
+shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
+
+
+@SETTINGS
+@given(n=st.integers(2, 6), shape=shapes, seed=st.integers(0, 10_000), frac=st.floats(0, 1))
+def test_selection_copies_sub_model_values(n, shape, seed, frac):
+    g = _group(n, shape, seed, frac)
+    out = REGISTRY["parameter_selection"].fn(g, _w(n, seed), tensor_generator(seed, "t")).tensor
+    assert out.dtype == g.base.dtype
+    bits = out.view(torch.int16)
+    matches = torch.zeros(shape, dtype=torch.bool)
+    for m in g.models:
+        matches |= bits == m.view(torch.int16)  # bit-identical, not merely equal
+    assert bool(matches.all())
+
+
+@SETTINGS
+@given(n=st.integers(2, 6), shape=shapes, seed=st.integers(0, 10_000), frac=st.floats(0, 1))
+def test_resampling_keeps_base_exactly_where_nothing_changed(n, shape, seed, frac):
+    g = _group(n, shape, seed, frac)
+    res = REGISTRY["parameter_selection"].fn(
+        g, _w(n, seed), tensor_generator(seed, "t"), resample=True
+    )
+    out = res.tensor
+    none_changed = ~torch.stack(g.changed).any(0)
+    assert bool((out[none_changed] == g.base[none_changed]).all())
+    # elsewhere the value comes from a sub-model that changed it, hence differs from the base
+    from_changed = torch.zeros(shape, dtype=torch.bool)
+    for m, ch in zip(g.models, g.changed, strict=True):
+        from_changed |= ch & (out.view(torch.int16) == m.view(torch.int16))
+    assert bool(from_changed[~none_changed].all())
+    assert bool((out[~none_changed] != g.base[~none_changed]).all())
+    assert int(res.picks.sum()) == int((~none_changed).sum())
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_selection_shares_match_weights(resample):
+    w = [0.5, 0.3, 0.2]
+    n_el = 1_000_000
+    g = _group(3, (n_el,), 7, 0.0, torch.float32)  # every element changed in every sub-model
+    res = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(1, "big"), resample=resample)
+    share = (res.picks.double() / n_el).tolist()
+    for s, p in zip(share, w, strict=True):
+        # 5 standard deviations of a binomial share: fails by chance with p < 1e-6
+        assert abs(s - p) < 5 * math.sqrt(p * (1 - p) / n_el), (share, w)
+
+
+def test_resampling_shares_renormalise_over_changed_models():
+    # sub-model 0 never changes anything: resampling must take every element from 1 and 2 in
+    # proportion 0.3 : 0.2 (= 0.6 : 0.4); plain selection still takes half from sub-model 0.
+    n_el = 400_000
+    g = _group(3, (n_el,), 3, 0.0, torch.float32)
+    g.models[0] = g.base.clone()
+    g.__dict__.pop("changed", None)
+    w = [0.5, 0.3, 0.2]
+    res = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(0, "x"), resample=True)
+    assert int(res.picks[0]) == 0
+    share1 = int(res.picks[1]) / n_el
+    assert abs(share1 - 0.6) < 5 * math.sqrt(0.24 / n_el)
+    plain = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(0, "x")).picks
+    assert abs(int(plain[0]) / n_el - 0.5) < 5 * math.sqrt(0.25 / n_el)
+
+
+@SETTINGS
+@given(n=st.integers(2, 5), shape=shapes, seed=st.integers(0, 10_000))
+def test_weighted_average_matches_formula(n, shape, seed):
+    g = _group(n, shape, seed, 0.3, torch.float32)
+    w = _w(n, seed)
+    out = REGISTRY["weighted_average"].fn(g, w, tensor_generator(0, "t")).tensor
+    ref = sum(wi * m.double() for wi, m in zip(w, g.models, strict=True))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_task_arithmetic_formula():
+    g = _group(3, (50, 7), 1, 0.2, torch.float32)
+    out = REGISTRY["task_arithmetic"].fn(g, [1.0, 2.0, 0.5], None, **{"lambda": 0.7}).tensor
+    ref = g.base.double() + 0.7 * sum(
+        wi * (m.double() - g.base.double()) for wi, m in zip([1.0, 2.0, 0.5], g.models, strict=True)
+    )
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.35, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ties_matches_peft(density, seed):
+    from peft.utils.merge_utils import ties as peft_ties
+
+    g = _group(4, (37, 29), seed, 0.0, torch.float32)
+    w = [1.0, 0.5, 2.0, 1.5]
+    out = REGISTRY["ties"].fn(g, w, None, density=density, **{"lambda": 1.0}).tensor
+    taus = [m - g.base for m in g.models]
+    ref = g.base + peft_ties(taus, torch.tensor(w), density)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def _reference_dare(g: Group, w, p, lam, seed, name, ties):
+    # An independent reimplementation, drawing the same masks from the same generator.
+    gen = tensor_generator(seed, name)
+    taus = []
+    masks = []
+    for m in g.models:
+        keep = torch.rand(m.shape, generator=gen) < (1 - p)
+        masks.append(keep)
+        taus.append((m.double() - g.base.double()) * keep / (1 - p))
+    if not ties:
+        return g.base.double() + lam * sum(wi * t for wi, t in zip(w, taus, strict=True)), masks
+    stack = torch.stack(taus)
+    sign = torch.where(stack.sum(0) >= 0, 1.0, -1.0).double()
+    agree = torch.sign(stack) == sign
+    wt = torch.tensor(w, dtype=torch.float64).view(-1, *[1] * (stack.dim() - 1))
+    merged = (stack * wt * agree).sum(0) / agree.sum(0).clamp(min=1)
+    return g.base.double() + lam * merged, masks
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+@pytest.mark.parametrize("p", [0.0, 0.5, 0.9])
+def test_dare_matches_reference_with_same_masks(method, p):
+    g = _group(3, (300, 40), 4, 0.0, torch.float32)
+    w = [1.0, 0.8, 1.2]
+    out = REGISTRY[method].fn(g, w, tensor_generator(9, "w"), drop_rate=p, **{"lambda": 1.0})
+    ref, masks = _reference_dare(g, w, p, 1.0, 9, "w", method == "dare_ties")
+    torch.testing.assert_close(out.tensor.double(), ref, rtol=1e-5, atol=1e-5)
+    kept = torch.stack(masks).double().mean().item()
+    n = sum(m.numel() for m in masks)
+    assert abs(kept - (1 - p)) <= 5 * math.sqrt(max(p * (1 - p), 1e-12) / n) + 1e-12
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("strategy", sorted(REGISTRY))
+def test_rerun_is_byte_identical(family, tmp_path, strategy):
+    base, models = family
+    merge(base, models, tmp_path / "a", strategy, seed=3, progress=False)
+    merge(base, models, tmp_path / "b", strategy, seed=3, progress=False)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    merge(base, models, tmp_path / "c", strategy, seed=4, progress=False)
+    if strategy in ("parameter_selection", "dare_linear", "dare_ties"):
+        assert (
+            _files(tmp_path / "a")["model.safetensors"]
+            != _files(tmp_path / "c")["model.safetensors"]
+        )
+
+
+def _reshard(src: Path, dst: Path, max_bytes: int, reverse: bool) -> None:
+    dst.mkdir(parents=True)
+    with CheckpointReader(src) as r:
+        names = sorted(r.names(), reverse=reverse)
+        specs = [(n, r.infos[n].dtype, r.infos[n].shape) for n in names]
+        w = ShardedWriter(dst, specs, max_bytes)
+        for n in names:
+            w.write(n, r.get(n).clone())
+        w.close()
+    (dst / "config.json").write_text((src / "config.json").read_text())
+
+
+def test_reshard_and_tensor_order_do_not_change_values(family, tmp_path):
+    base, models = family
+    rb = tmp_path / "rs" / "base"
+    _reshard(base, rb, 3000, reverse=True)
+    rms = []
+    for i, m in enumerate(models):
+        _reshard(m, tmp_path / "rs" / f"m{i}", 5000 + 1000 * i, reverse=bool(i % 2))
+        rms.append(tmp_path / "rs" / f"m{i}")
+    assert (rb / "model.safetensors.index.json").exists()
+    merge(base, models, tmp_path / "a", "parameter_selection", {"resample": True}, progress=False)
+    merge(rb, rms, tmp_path / "b", "parameter_selection", {"resample": True}, progress=False)
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (
+        tmp_path / "b/model.safetensors"
+    ).read_bytes()
+
+
+def test_output_shards_and_metadata(family, tmp_path):
+    base, models = family
+    meta = merge(
+        base,
+        models,
+        tmp_path / "o",
+        "parameter_selection",
+        {"resample": "true"},
+        weights=[2, 1, 1],
+        seed=5,
+        max_shard_size=4000,
+        progress=False,
+    )
+    out = tmp_path / "o"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    saved = json.loads((out / "merge.json").read_text())
+    assert saved["strategy"] == "parameter_selection" and saved["parameters"] == {"resample": True}
+    assert saved["weights"] == [0.5, 0.25, 0.25] and saved["seed"] == 5
+    assert abs(sum(saved["selection_share"]) - 1) < 1e-9
+    assert meta["summary"]["tensors"] == 4
+    # zero-task-vector fraction: the fixture leaves ~40% of each sub-model at the base value
+    for entry in saved["task_vector_zero"]:
+        assert 0.3 < entry["zero_fraction"] < 0.5
+        assert set(entry["zero_fraction_per_tensor"]) == {"a.weight", "b.bias", "c.norm", "emb"}
+    ins = saved["models"][0]
+    assert len(ins["config_sha256"]) == 64 and len(ins["index_sha256"]) == 64
+    assert not list(tmp_path.glob(".o.partial*"))
+
+
+def test_dtype_option_casts_and_updates_config(family, tmp_path):
+    base, models = family
+    merge(base, models, tmp_path / "o", "weighted_average", dtype="float32", progress=False)
+    t = load_file(str(tmp_path / "o/model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in t.values())
+    assert json.loads((tmp_path / "o/config.json").read_text())["dtype"] == "float32"
+
+
+def test_merged_hf_model_loads_and_gives_finite_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    base, models = make_hf_family(tmp_path / "hf")
+    for strategy in ("parameter_selection", "ties"):
+        merge(base, models, tmp_path / strategy, strategy, progress=False)
+        m = AutoModelForCausalLM.from_pretrained(tmp_path / strategy)
+        logits = m(torch.tensor([[1, 2, 3, 4]])).logits
+        assert bool(torch.isfinite(logits).all())
+        assert "lm_head.weight" not in load_file(str(tmp_path / strategy / "model.safetensors"))
+
+
+# ------------------------------------------------------------------------------ bad input
+def _cli(capsys, args: list[str]) -> str:
+    code = main(["-q", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _run_bad(capsys, tmp_path, base, models, extra=(), expect=""):
+    out = tmp_path / "out"
+    err = _cli(
+        capsys,
+        [
+            "merge",
+            "--base",
+            str(base),
+            "--models",
+            *map(str, models),
+            "--out",
+            str(out),
+            "--strategy",
+            "ties",
+            *extra,
+        ],
+    )
+    assert expect in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+    return err
+
+
+def test_bad_inputs(capsys, tmp_path):
+    base, models = make_family(tmp_path / "in")
+    r = _run_bad
+    r(capsys, tmp_path, tmp_path / "nope", models, expect="nope: model folder does not exist")
+    r(capsys, tmp_path, base, [models[0]], expect="at least 2 sub-models")
+    r(capsys, tmp_path, base, models, ["--weights", "1", "2"], expect="2 weights for 3 sub-models")
+    r(capsys, tmp_path, base, models, ["--weights", "1", "-2", "1"], expect="positive")
+    r(capsys, tmp_path, base, models, ["--param", "density=0"], expect="density=")
+    r(capsys, tmp_path, base, models, ["--param", "density=1.5"], expect="(0, 1]")
+    r(
+        capsys,
+        tmp_path,
+        base,
+        models,
+        ["--param", "densty=0.5"],
+        expect="unknown parameter 'densty'",
+    )
+    err = _cli(
+        capsys,
+        [
+            "merge",
+            "--base",
+            str(base),
+            "--models",
+            *map(str, models),
+            "--out",
+            str(tmp_path / "o"),
+            "--strategy",
+            "dare_ties",
+            "--param",
+            "drop_rate=1",
+        ],
+    )
+    assert "[0, 1)" in err
+    err = _cli(
+        capsys,
+        [
+            "merge",
+            "--base",
+            str(base),
+            "--models",
+            *map(str, models),
+            "--out",
+            str(tmp_path / "o"),
+            "--strategy",
+            "ties_merging",
+        ],
+    )
+    assert "unknown strategy 'ties_merging'" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r(capsys, tmp_path, base, [models[0], empty], expect="empty: no model.safetensors")
+
+
+def _mutate(folder: Path, fn) -> None:
+    t = load_file(str(folder / "model.safetensors"))
+    fn(t)
+    save_file(t, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "case,mutation,expect",
+    [
+        ("name", lambda t: t.__setitem__("z.extra", torch.zeros(2)), "tensor z.extra"),
+        ("missing", lambda t: t.pop("b.bias"), "tensor b.bias is missing"),
+        (
+            "shape",
+            lambda t: t.__setitem__("b.bias", torch.zeros(47, dtype=torch.bfloat16)),
+            "tensor b.bias has shape [47]",
+        ),
+        (
+            "dtype",
+            lambda t: t.__setitem__("c.norm", t["c.norm"].float()),
+            "tensor c.norm has dtype",
+        ),
+        (
+            "nan",
+            lambda t: t["a.weight"].__setitem__((0, 0), float("nan")),
+            "tensor a.weight contains NaN or Inf",
+        ),
+        ("inf", lambda t: t["emb"].__setitem__((3, 3), float("inf")), "tensor emb contains NaN"),
+    ],
+)
+def test_mismatched_inputs(capsys, tmp_path, case, mutation, expect):
+    base, models = make_family(tmp_path / "in")
+    _mutate(models[1], mutation)
+    err = _run_bad(capsys, tmp_path, base, models, expect=expect)
+    assert str(models[1]) in err
+
+
+def test_truncated_shard_and_missing_shard(capsys, tmp_path):
+    base, models = make_family(tmp_path / "in")
+    f = models[0] / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    _run_bad(capsys, tmp_path, base, models, expect="truncated")
+    base2, models2 = make_family(tmp_path / "in2")
+    _reshard(models2[0], tmp_path / "sharded", 3000, reverse=False)
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    shards[-1].unlink()
+    _run_bad(
+        capsys, tmp_path, base2, [tmp_path / "sharded", models2[1]], expect="which does not exist"
+    )
