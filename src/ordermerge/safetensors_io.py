@@ -223,7 +223,7 @@ class ShardedWriter:
         if i != self._current:
             if self._fh:
                 self._fh.close()
-            self._fh = open(self.folder / self.files[i], "wb")
+            self._fh = open(self.folder / self.files[i], "wb")  # noqa: SIM115 (spans calls)
             self._fh.write(_header_bytes(self.shards[i]))
             self._current = i
         data = tensor.contiguous().view(torch.uint8).numpy()
