@@ -24,3 +24,105 @@ def _prepare_base(a: argparse.Namespace) -> None:
 
     out = prepare_base(a.spec, a.out, a.dtype, a.seed, json.loads(a.tiny))
     print(f"base model {a.spec} -> {out}")
+
+
+def _json_arg(text: str, what: str) -> dict:
+    from . import OrdermergeError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OrdermergeError(f"{what}: not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise OrdermergeError(f"{what}: expected a JSON object")
+    return value
+
+
+def _prepare_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="JSON object: the dataset config")
+    p.add_argument("--base", required=True, help="base model folder (its tokenizer counts tokens)")
+    p.add_argument("--out", required=True, help="output folder: train.jsonl, test_*.jsonl, stats.json")
+
+
+@command("prepare-data", _prepare_data_args)
+def _prepare_data(a: argparse.Namespace) -> None:
+    """Normalise a dataset into train/test JSONL with token-length statistics."""
+    from .data import prepare_data
+    from .models import load_tokenizer
+
+    stats = prepare_data(_json_arg(a.config, "--config"), load_tokenizer(a.base), a.out)
+    for name, s in stats["splits"].items():
+        print(f"{name}: {s['rows']} rows, {s['duplicates_removed']} duplicates removed, "
+              f"{s['over_max_tokens']} over max_tokens ({s['policy']}), "
+              f"median {s['tokens']['median']} tokens")
+
+
+def _make_order_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="train.jsonl")
+    p.add_argument("--k", type=int, required=True, help="order index")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--mode", default="shuffle", choices=["shuffle", "fixed", "batch_shuffle"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="batch size (batch_shuffle)")
+    p.add_argument("--out", required=True)
+
+
+@command("make-order", _make_order_args)
+def _make_order(a: argparse.Namespace) -> None:
+    """Write order k: one permutation of the training ids per epoch."""
+    from .orders import make_order, write_order
+    from .text import read_jsonl
+
+    rows = read_jsonl(a.data)
+    if not rows:
+        from . import OrdermergeError
+
+        raise OrdermergeError(f"{a.data}: empty dataset")
+    write_order(make_order([r["id"] for r in rows], a.k, a.epochs, a.mode, a.seed, a.batch_size), a.out)
+
+
+def _sft_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--order", required=True)
+    p.add_argument("--config", default="{}", help="JSON object of SFT settings")
+    p.add_argument("--scratch", help="checkpoint folder (default: hidden sibling of --out)")
+    p.add_argument("--out", required=True)
+
+
+@command("sft", _sft_args)
+def _sft(a: argparse.Namespace) -> None:
+    """Fine-tune the base model on the data in the order file's exact order."""
+    from .sft import SFTConfig, train
+
+    res = train(a.base, a.data, a.order, a.out, SFTConfig.from_dict(_json_arg(a.config, "--config")),
+                a.scratch, progress=not a.quiet)
+    if res["log"]:
+        last = res["log"][-1]
+        print(f"trained {res['steps']} steps, final loss {last['loss']:.4f}, {last['seconds']:.1f} s")
+
+
+def _sample_losses_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--order", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--out", required=True, help="Parquet file")
+
+
+@command("sample-losses", _sample_losses_args)
+def _sample_losses(a: argparse.Namespace) -> None:
+    """Per-sample final loss with its position in every epoch (the paper's Figure 1 data)."""
+    from pathlib import Path
+
+    from .sft import sample_losses
+
+    df = sample_losses(a.model, a.data, a.order, a.batch_size, max_length=a.max_length,
+                       progress=not a.quiet)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(out)
+    print(f"{len(df)} samples, mean loss {df['loss'].mean():.4f} -> {out}")

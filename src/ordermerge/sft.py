@@ -1,0 +1,275 @@
+"""Order-exact supervised fine-tuning.
+
+The loop is written out (no Trainer sampler, no DataLoader workers, no DistributedSampler) so
+that the model provably sees the samples in the order file's sequence: step s of epoch e takes
+the next `global_batch` ids of `order["epochs"][e]`; with W processes, rank r trains on slice r
+of every micro-batch and gradients are summed across ranks, so the global step is the
+single-process step (up to float summation order).
+
+Loss = Σ NLL(response tokens of the global batch) / #response tokens of the global batch,
+so gradient accumulation and the number of processes do not change the objective.
+Checkpoints (fp32 master weights, optimizer, scheduler, step, log) go to a scratch folder every
+`checkpoint_every` steps; a restarted job resumes from there and, on CPU, ends with bit-identical
+weights to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import OrdermergeError
+from .models import FINGERPRINT, load_tokenizer
+from .orders import read_order
+from .text import IGNORE, collate, encode, read_jsonl
+
+SFT_META = "ordermerge_sft.json"
+
+
+@dataclass
+class SFTConfig:
+    lr: float = 5e-5
+    schedule: str = "linear"  # linear | cosine | constant
+    warmup_ratio: float = 0.03
+    epochs: int | None = None  # default: every epoch in the order file
+    batch_size: int = 8  # per device
+    grad_accum: int = 1
+    max_length: int = 512
+    # Compute dtype: "auto" = bf16 autocast on CUDA, float32 on CPU (bf16 matmul backward on an
+    # AVX2-only CPU measured 90 s vs 0.6 s in fp32 for one 800x256x49152 product).
+    dtype: str = "auto"
+    save_dtype: str | None = None  # default: the base model's dtype
+    gradient_checkpointing: bool = False
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; 0 = never
+    lora_r: int = 0  # > 0: train LoRA adapters, merged into full weights before saving
+    lora_alpha: int = 16
+    system_prompt: str | None = ""
+    max_steps: int | None = None  # stop early (for tests and smoke runs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise OrdermergeError(f"sft config: unknown key {bad[0]!r}")
+        return cls(**d)
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _schedule(name: str, step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if name == "constant":
+        return 1.0
+    frac = (step - warmup) / max(1, total - warmup)
+    if name == "linear":
+        return max(0.0, 1.0 - frac)
+    if name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    raise OrdermergeError(f"sft config: schedule {name!r}: expected linear, cosine or constant")
+
+
+def _save_ckpt(scratch: Path, state: dict[str, Any]) -> None:
+    tmp = scratch / "ckpt.pt.partial"
+    torch.save(state, tmp)
+    tmp.replace(scratch / "ckpt.pt")  # atomic: a kill leaves the previous checkpoint intact
+
+
+def train(
+    base: str | Path,
+    data: str | Path,
+    order_path: str | Path,
+    out: str | Path,
+    cfg: SFTConfig,
+    scratch: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune `base` on `data` in the order of `order_path`; write an HF folder at `out`."""
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    base, out = Path(base), Path(out)
+    scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
+    rank, world = _dist()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    rows = read_jsonl(data)
+    if not rows:
+        raise OrdermergeError(f"{data}: empty dataset")
+    by_id = {r["id"]: r for r in rows}
+    order = read_order(order_path, [r["id"] for r in rows])
+    epochs = order["epochs"][: cfg.epochs or len(order["epochs"])]
+    tok = load_tokenizer(str(base))
+    encoded = {i: encode(tok, r["prompt"], r["response"], cfg.system_prompt, cfg.max_length)
+               for i, r in by_id.items()}
+
+    gb = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
+    steps = [(e, ep[s : s + gb]) for e, ep in enumerate(epochs) for s in range(0, len(ep), gb)]
+    total = len(steps) if cfg.max_steps is None else min(cfg.max_steps, len(steps))
+    warmup = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+
+    torch.manual_seed(cfg.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # fp32 master
+    base_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        json.loads((base / "config.json").read_text()).get("dtype", "float32"), torch.float32)
+    save_dtype = getattr(torch, cfg.save_dtype) if cfg.save_dtype else base_dtype
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 target_modules="all-linear", lora_dropout=0.0))
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _schedule(cfg.schedule, s, total, warmup))
+    log: list[dict[str, Any]] = []
+    start = 0
+    ckpt = scratch / "ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, log = state["step"], state["log"]
+        if rank == 0:
+            print(f"resuming from checkpoint at step {start} ({ckpt})", flush=True)
+    compute = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    if compute not in ("bfloat16", "float16", "float32"):
+        raise OrdermergeError(f"sft config: dtype {cfg.dtype!r}: expected auto, bfloat16, float16 or float32")
+    autocast = compute != "float32"
+    amp_dtype = getattr(torch, compute)
+    t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+    bar = tqdm(total=total, initial=start, desc=f"sft {out.parent.name}", unit="step",
+               disable=not progress or rank != 0)
+    for step in range(start, total):
+        epoch, ids = steps[step]
+        n_tokens = sum(len(encoded[i][0]) - encoded[i][1] for i in ids)
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        seen = []
+        for a in range(cfg.grad_accum):
+            micro = ids[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world]
+            mine = micro[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            seen.append(mine)
+            if not mine:
+                continue
+            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in mine], tok.pad_token_id).items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+            (nll / n_tokens).backward()
+            loss_sum += float(nll)
+        if world > 1:
+            import torch.distributed as dist
+
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            t = torch.tensor([loss_sum], device=device)
+            dist.all_reduce(t)
+            loss_sum = float(t)
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, seen)
+            seen_global = [i for a in range(cfg.grad_accum) for r in range(world) for i in gathered[r][a]]
+        else:
+            seen_global = [i for m in seen for i in m]
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        rec = {"step": step + 1, "epoch": epoch + 1, "loss": loss_sum / n_tokens, "lr": lr,
+               "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3), "ids": seen_global}
+        log.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and rank == 0:
+            scratch.mkdir(parents=True, exist_ok=True)
+            _save_ckpt(scratch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                                 "step": step + 1, "log": log})
+    bar.close()
+    if rank == 0:
+        if cfg.lora_r > 0:
+            model = model.merge_and_unload()  # merging always sees full weights
+        _save(model, tok, base, out, save_dtype, log, cfg, order_path, data)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return {"steps": total, "log": log}
+
+
+def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data) -> None:
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = model.to("cpu", save_dtype)
+    model.config.dtype = str(save_dtype).removeprefix("torch.")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    with open(tmp / "train_log.jsonl", "w") as f:
+        for rec in log:
+            f.write(json.dumps(rec) + "\n")
+    fp = base / FINGERPRINT
+    meta = {
+        "base": str(base),
+        "base_weights_sha256": json.loads(fp.read_text())["weights_sha256"] if fp.exists() else None,
+        "order_file": str(order_path),
+        "data": str(data),
+        "config": asdict(cfg),
+    }
+    (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Path,
+                  batch_size: int = 16, system_prompt: str | None = "", max_length: int = 512,
+                  progress: bool = True):
+    """Each training sample's final loss (mean response NLL, fp32) and its position per epoch."""
+    import pandas as pd
+
+    from .models import load_model
+    from .text import per_sample_nll
+
+    rows = read_jsonl(data)
+    order = read_order(order_path, [r["id"] for r in rows])
+    tok = load_tokenizer(str(model_dir))
+    model = load_model(model_dir, dtype=torch.float32)
+    enc = [encode(tok, r["prompt"], r["response"], system_prompt, max_length) for r in rows]
+    loss, n = per_sample_nll(model, enc, tok.pad_token_id, batch_size, progress, "sample losses")
+    df = pd.DataFrame({"id": [r["id"] for r in rows], "loss": loss, "n_tokens": n})
+    for e, perm in enumerate(order["epochs"]):
+        pos = {i: p for p, i in enumerate(perm)}
+        df[f"pos_epoch{e + 1}"] = [pos[i] for i in df["id"]]
+    df["order"] = order["order"]
+    return df

@@ -1,0 +1,143 @@
+"""Prompt formatting, tokenisation with response masks, batching, and per-sample response NLL.
+
+Shared by SFT, per-sample losses and evaluation, so that "the response tokens" mean the same
+thing everywhere: the tokens of `response + EOS` after the formatted prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import OrdermergeError
+
+IGNORE = -100
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise OrdermergeError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise OrdermergeError(f"{path}: not UTF-8 (byte {e.start})") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise OrdermergeError(f"{path}:{i}: invalid JSON ({e.msg})") from None
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def format_prompt(tokenizer, prompt: str, system_prompt: str | None = "") -> str:
+    """The model's input text before the response: chat template when the tokenizer has one.
+
+    system_prompt="" sends an explicit empty system turn, because SmolLM2's template otherwise
+    inserts a ~20-token default system prompt; None keeps the template's default.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        if system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        # transformers 5 returns a dict unless return_dict=False
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, return_dict=False
+        )
+    return prompt + "\n"
+
+
+def encode(
+    tokenizer, prompt: str, response: str, system_prompt: str | None = "", max_len: int | None = None
+) -> tuple[list[int], int]:
+    """Token ids of prompt+response+EOS and the number of prompt tokens (masked from the loss).
+
+    Prompt and response are tokenised separately so the boundary is exact.
+    """
+    p = tokenizer(format_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)[
+        "input_ids"
+    ]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = p + r
+    if max_len is not None:
+        ids = ids[:max_len]
+    return ids, len(p)
+
+
+def collate(
+    examples: list[tuple[list[int], int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are IGNORE on prompt and padding tokens."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attn[i, : len(ids)] = 1
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
+
+
+def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample summed NLL over response tokens and the per-sample response-token count."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:].to(logits.device)
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+        reduction="none",
+    ).view(labels.shape)
+    mask = labels != IGNORE
+    return (nll * mask).sum(1), mask.sum(1)
+
+
+def batches_by_length(
+    encoded: list[tuple[list[int], int]], batch_size: int
+) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (less padding); order is deterministic."""
+    idx = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0]), i))
+    for s in range(0, len(idx), batch_size):
+        yield idx[s : s + batch_size]
+
+
+@torch.no_grad()
+def per_sample_nll(
+    model, encoded: list[tuple[list[int], int]], pad_id: int, batch_size: int = 16,
+    progress: bool = False, desc: str = "loss",
+) -> tuple[list[float], list[int]]:
+    """Mean response NLL of every sample (fp32 logits), in input order, and its token count."""
+    from tqdm import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    sums = [0.0] * len(encoded)
+    counts = [0] * len(encoded)
+    groups = list(batches_by_length(encoded, batch_size))
+    for group in tqdm(groups, desc=desc, unit="batch", disable=not progress):
+        batch = collate([encoded[i] for i in group], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        s, c = token_nll(model, batch)
+        for j, i in enumerate(group):
+            sums[i] = float(s[j])
+            counts[i] = int(c[j])
+    means = [s / c if c else float("nan") for s, c in zip(sums, counts, strict=True)]
+    return means, counts
