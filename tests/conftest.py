@@ -89,3 +89,25 @@ def make_hf_family(root: Path, n: int = 3, seed: int = 0) -> tuple[Path, list[Pa
 
 
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A real HF folder: random 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    from ordermerge.models import prepare_base
+
+    return prepare_base("tiny", tmp_path_factory.mktemp("tiny") / "base", "bfloat16", 0, TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_base) -> Path:
+    from ordermerge.data import prepare_data
+    from ordermerge.models import load_tokenizer
+
+    out = tmp_path_factory.mktemp("data")
+    prepare_data({"format": "gsm_symbolic", "train_size": 12, "test_size": 4, "max_tokens": 400},
+                 load_tokenizer(str(tiny_base)), out)
+    return out

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, as for every other user error
-        sys.stderr.write(f"ordermerge {self.prog.split()[-1]}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
 
 
@@ -143,6 +143,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"ordermerge {args.command}: done in {time.perf_counter() - t0:.1f} s\n")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

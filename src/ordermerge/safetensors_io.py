@@ -223,7 +223,7 @@ class ShardedWriter:
         if i != self._current:
             if self._fh:
                 self._fh.close()
-            self._fh = open(self.folder / self.files[i], "wb")  # noqa: SIM115 (spans calls)
+            self._fh = open(self.folder / self.files[i], "wb")
             self._fh.write(_header_bytes(self.shards[i]))
             self._current = i
         data = tensor.contiguous().view(torch.uint8).numpy()
@@ -253,3 +253,22 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> dict[str, str | None]:
+    """Path plus sha256 of config.json and of the weight index (for a single file: its header,
+    which names every tensor with dtype, shape and offsets)."""
+    folder = Path(folder)
+    cfg = folder / "config.json"
+    index = folder / INDEX_NAME
+    if index.exists():
+        idx = sha256_file(index)
+    else:
+        with open(folder / SINGLE_NAME, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            idx = hashlib.sha256(f.read(n)).hexdigest()
+    return {
+        "path": str(folder),
+        "config_sha256": sha256_file(cfg) if cfg.exists() else None,
+        "index_sha256": idx,
+    }

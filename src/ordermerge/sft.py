@@ -186,7 +186,7 @@ def train(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                 batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
             (nll / n_tokens).backward()
-            loss_sum += float(nll)
+            loss_sum += float(nll.detach())
         if world > 1:
             import torch.distributed as dist
 

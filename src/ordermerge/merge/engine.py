@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
-from ..safetensors_io import INDEX_NAME, CheckpointReader, ShardedWriter, sha256_file
+from ..safetensors_io import CheckpointReader, ShardedWriter, folder_fingerprint
 from .strategies import REGISTRY, Group
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
@@ -97,22 +97,6 @@ def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[flo
         s = sum(weights)
         weights = [x / s for x in weights]
     return weights
-
-
-def _fingerprint(folder: Path) -> dict[str, str | None]:
-    cfg = folder / "config.json"
-    index = folder / INDEX_NAME
-    if index.exists():
-        idx = sha256_file(index)
-    else:  # single file: its header names, dtypes, shapes and offsets play the index's part
-        with open(folder / "model.safetensors", "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            idx = hashlib.sha256(f.read(n)).hexdigest()
-    return {
-        "path": str(folder),
-        "config_sha256": sha256_file(cfg) if cfg.exists() else None,
-        "index_sha256": idx,
-    }
 
 
 def _check_same_layout(base: CheckpointReader, models: list[CheckpointReader]) -> None:
@@ -210,7 +194,11 @@ def merge(
             del g, merged
         writer.close()
         shapes = {n: base_r.infos[n].shape for n in names}
-        meta = _finish(tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes)
+        floats = [base_r.infos[n].dtype for n in names if base_r.infos[n].dtype.is_floating_point]
+        input_dtype = str(floats[0]).removeprefix("torch.") if floats else "none"
+        meta = _finish(
+            tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes, input_dtype
+        )
         meta["elements"] = total_elems
         elapsed = time.perf_counter() - t0
         meta["summary"] = {
@@ -244,6 +232,7 @@ def _finish(
     zero: dict[int, dict[str, int]],
     picks: torch.Tensor,
     names: dict[str, tuple[int, ...]],
+    input_dtype: str,
 ) -> dict[str, Any]:
     src = base if (base / "config.json").exists() else models[0]
     cfg_path = src / "config.json"
@@ -276,8 +265,9 @@ def _finish(
         "weights": w,
         "seed": seed,
         "dtype": dtype,
-        "base": _fingerprint(base),
-        "models": [_fingerprint(m) for m in models],
+        "input_dtype": input_dtype,
+        "base": folder_fingerprint(base),
+        "models": [folder_fingerprint(m) for m in models],
         "task_vector_zero": per_model,
     }
     if strategy == "parameter_selection":

@@ -1,0 +1,179 @@
+"""Benchmarks: response_loss, gsm8k, humaneval, lm_eval. Each writes `{name}.json` (metric,
+value, n, bootstrap 95% CI, timing, model fingerprint, settings) and `{name}.items.jsonl`
+(id, prompt, completion, reference, score) for paired statistics between models."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import OrdermergeError, __version__
+from ..safetensors_io import folder_fingerprint
+from ..text import encode, format_prompt, read_jsonl, write_jsonl
+
+BENCHMARKS = ("response_loss", "gsm8k", "humaneval", "lm_eval")
+KEYS = {
+    "response_loss": {"data", "batch_size", "max_length", "system_prompt", "limit"},
+    "gsm8k": {"data", "batch_size", "max_new_tokens", "system_prompt", "limit", "fewshot_path",
+              "fewshot_k"},
+    "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
+                  "timeout", "chat", "seed"},
+    "lm_eval": {"tasks", "include_path", "limit", "batch_size"},
+}
+
+
+def bootstrap_ci(scores: list[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of the mean (seeded: identical across runs)."""
+    if not scores:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(scores)
+    means = sorted(sum(scores[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return (means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1])
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _response_loss(model, tok, cfg: dict[str, Any], progress: bool):
+    from ..text import per_sample_nll
+
+    rows = read_jsonl(cfg["data"])[: cfg.get("limit")]
+    sp = cfg.get("system_prompt", "")
+    enc = [encode(tok, r["prompt"], r["response"], sp, cfg.get("max_length", 1024)) for r in rows]
+    losses, _ = per_sample_nll(model, enc, tok.pad_token_id, cfg.get("batch_size", 16), progress)
+    items = [{"id": r["id"], "prompt": r["prompt"], "completion": None, "reference": r["response"],
+              "score": loss} for r, loss in zip(rows, losses, strict=True)]
+    return "mean_response_nll", items, {}
+
+
+def _gsm8k(model, tok, cfg: dict[str, Any], progress: bool):
+    from .extract import extract_number
+    from .generate import generate
+
+    rows = read_jsonl(cfg["data"])[: cfg.get("limit")]
+    if rows and "answer" not in rows[0] and "question" in rows[0]:
+        from ..data import adapt_gsm8k
+
+        rows = adapt_gsm8k(rows, cfg["data"])
+    shots = ""
+    if cfg.get("fewshot_path"):
+        ex = read_jsonl(cfg["fewshot_path"])[: cfg.get("fewshot_k", 4)]
+        shots = "".join(f"Question: {e.get('question', e.get('prompt'))}\nAnswer: "
+                        f"{e.get('answer') if 'question' in e else e['response']}\n\n" for e in ex)
+    sp = cfg.get("system_prompt", "")
+    prompts = [format_prompt(tok, shots + r["prompt"], sp) for r in rows]
+    outs, speed = generate(model, tok, prompts, cfg.get("max_new_tokens", 256),
+                           cfg.get("batch_size", 8), progress=progress)
+    items = []
+    for r, o in zip(rows, outs, strict=True):
+        pred = extract_number(o)
+        ref = extract_number(str(r["answer"]))
+        items.append({"id": r["id"], "prompt": r["prompt"], "completion": o, "reference": ref,
+                      "prediction": pred, "score": float(pred is not None and pred == ref)})
+    return "accuracy", items, speed
+
+
+def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
+    from ..data import humaneval_rows
+    from .extract import extract_code, pass_at_k
+    from .generate import generate
+    from .sandbox import run_program
+
+    rows = humaneval_rows()[: cfg.get("limit")]
+    n = int(cfg.get("n_samples", 1))
+    ks = [k for k in cfg.get("k", [1]) if k <= n]
+    chat = cfg.get("chat", False)
+    prompts = [format_prompt(tok, "Complete this Python function.\n\n" + r["prompt"]) if chat
+               else r["prompt"] for r in rows]
+    samples: list[list[str]] = [[] for _ in rows]
+    speed: dict[str, float] = {"new_tokens": 0, "seconds": 0.0}
+    for s in range(n):
+        outs, sp = generate(model, tok, prompts, cfg.get("max_new_tokens", 384),
+                            cfg.get("batch_size", 8), progress=progress, do_sample=n > 1,
+                            temperature=cfg.get("temperature", 0.8), seed=cfg.get("seed", 0) + s)
+        speed["new_tokens"] += sp["new_tokens"]
+        speed["seconds"] += sp["seconds"]
+        for i, o in enumerate(outs):
+            samples[i].append(o)
+    speed["tokens_per_s"] = speed["new_tokens"] / max(speed["seconds"], 1e-9)
+    items = []
+    for r, outs in zip(rows, samples, strict=True):
+        results = [run_program(extract_code(r["prompt"], o, r["entry_point"]), r["tests"],
+                               r["entry_point"], cfg.get("timeout", 10.0)) for o in outs]
+        c = sum(x.passed for x in results)
+        item = {"id": r["id"], "prompt": r["prompt"], "completion": outs[0], "reference": None,
+                "status": [x.status for x in results], "n": n, "correct": c,
+                "score": pass_at_k(n, c, 1)}
+        for k in ks:
+            item[f"pass@{k}"] = pass_at_k(n, c, k)
+        items.append(item)
+    return "pass@1", items, speed
+
+
+def _lm_eval(model_dir: Path, cfg: dict[str, Any]):
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise OrdermergeError("benchmark lm_eval: install the extra: pip install 'ordermerge[lm_eval]'") from None
+    tm = TaskManager(include_path=cfg.get("include_path"))
+    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir}",
+                                  tasks=cfg["tasks"], task_manager=tm, limit=cfg.get("limit"),
+                                  batch_size=cfg.get("batch_size", 8), device=_device())
+    items = []
+    metric, value = None, None
+    for task, metrics in res["results"].items():
+        for key, v in metrics.items():
+            if isinstance(v, int | float) and "stderr" not in key and key != "alias":
+                metric, value = metric or f"{task}/{key}", value if value is not None else v
+                items.append({"id": f"{task}/{key}", "prompt": None, "completion": None,
+                              "reference": None, "score": float(v)})
+    return metric or "none", items, {}
+
+
+def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir: str | Path,
+             name: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run one benchmark on one model folder; write `{name}.json` and `{name}.items.jsonl`."""
+    from ..models import load_model, load_tokenizer
+
+    if benchmark not in BENCHMARKS:
+        raise OrdermergeError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    unknown = sorted(set(cfg) - KEYS[benchmark])
+    if unknown:
+        raise OrdermergeError(f"benchmark {benchmark}: unknown setting {unknown[0]!r} "
+                              f"(accepted: {', '.join(sorted(KEYS[benchmark]))})")
+    name = name or benchmark
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    t0 = time.perf_counter()
+    if benchmark == "lm_eval":
+        metric, items, speed = _lm_eval(model_dir, cfg)
+    else:
+        if benchmark in ("response_loss", "gsm8k") and "data" not in cfg:
+            raise OrdermergeError(f"benchmark {benchmark}: setting 'data' (a test JSONL) is required")
+        tok = load_tokenizer(str(model_dir))
+        model = load_model(model_dir, dtype=torch.float32, device=_device())  # fp32: see DESIGN
+        fn = {"response_loss": _response_loss, "gsm8k": _gsm8k, "humaneval": _humaneval}[benchmark]
+        metric, items, speed = fn(model, tok, cfg, progress)
+    scores = [it["score"] for it in items]
+    value = sum(scores) / len(scores) if scores else float("nan")
+    lo, hi = bootstrap_ci(scores)
+    result = {
+        "benchmark": benchmark, "name": name, "metric": metric, "value": value, "n": len(items),
+        "ci95": [lo, hi], "seconds": round(time.perf_counter() - t0, 3),
+        "tokens_per_s": round(speed.get("tokens_per_s", 0.0), 2) or None,
+        "model": folder_fingerprint(model_dir), "settings": cfg,
+        "ordermerge_version": __version__,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / f"{name}.items.jsonl", items)
+    tmp = out_dir / f".{name}.json.partial"
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out_dir / f"{name}.json")  # written last: its presence means the items are complete
+    return result

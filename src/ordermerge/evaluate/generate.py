@@ -1,0 +1,51 @@
+"""Batched greedy generation: left padding, KV cache, stop strings, tokens/s."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def generate(
+    model, tok, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 8,
+    stop: tuple[str, ...] = (), progress: bool = True, do_sample: bool = False,
+    temperature: float = 1.0, seed: int = 0,
+) -> tuple[list[str], dict[str, float]]:
+    """Completions for already-formatted prompts, in input order; greedy unless do_sample."""
+    model.eval()
+    device = next(model.parameters()).device
+    tok.padding_side = "left"  # decoder-only batched generation needs left padding
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    outs: list[str] = [""] * len(prompts)
+    new_tokens = 0
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    for s in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch",
+                  disable=not progress):
+        idx = order[s : s + batch_size]
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(device)
+        kw = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, use_cache=True,
+                             stop_strings=list(stop) or None, tokenizer=tok if stop else None,
+                             top_p=None, top_k=None, **kw)
+        cont = gen[:, enc["input_ids"].shape[1]:]
+        for j, i in enumerate(idx):
+            ids = cont[j]
+            ids = ids[ids != tok.pad_token_id] if tok.pad_token_id != tok.eos_token_id else ids
+            text = tok.decode(ids, skip_special_tokens=True)
+            n = int((cont[j] != tok.pad_token_id).sum())
+            new_tokens += max(n, 1)
+            for st in stop:
+                k = text.find(st)
+                if k != -1:
+                    text = text[:k]
+            outs[i] = text
+    dt = time.perf_counter() - t0
+    return outs, {"new_tokens": new_tokens, "seconds": dt, "tokens_per_s": new_tokens / max(dt, 1e-9)}

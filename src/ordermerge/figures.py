@@ -1,0 +1,193 @@
+"""The paper's figures (PNG + PDF), one consistent colour per strategy.
+
+1. imbalance: final per-sample loss vs epoch-1 position, one line per order (Figure 1).
+2. main: every benchmark, single orders (each, mean ± std) vs every merge strategy.
+3. ablation: metric vs number of merged sub-models, one line per strategy.
+4. zero_fraction: share of task-vector entries that are exactly zero, per sub-model/module.
+5. training: loss per step for every order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from .report import LOWER_IS_BETTER
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 150})
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f"]
+
+
+def colours(strategies: list[str]) -> dict[str, str]:
+    """Colour by position in the config's merge list: stable across every figure of a run."""
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(strategies)}
+
+
+def _save(fig, out: Path, name: str) -> None:
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.pdf")
+    fig.savefig(out / f"{name}.png")  # last: the rule's declared output
+    plt.close(fig)
+
+
+def imbalance_stats(losses: pd.DataFrame) -> pd.DataFrame:
+    """Spearman ρ of final loss vs epoch-1 position, raw and after removing each sample's mean
+    loss across orders (the residual isolates position from sample difficulty)."""
+    losses = losses.copy()
+    losses["residual"] = losses["loss"] - losses.groupby("id")["loss"].transform("mean")
+    rows = []
+    for k, d in losses.groupby("order"):
+        rows.append({"order": int(k), "n": len(d),
+                     "spearman_loss": spearmanr(d.pos_epoch1, d.loss).statistic,
+                     "spearman_residual": spearmanr(d.pos_epoch1, d.residual).statistic})
+    pooled = spearmanr(losses.pos_epoch1, losses.residual).statistic
+    rows.append({"order": "pooled", "n": len(losses),
+                 "spearman_loss": spearmanr(losses.pos_epoch1, losses.loss).statistic,
+                 "spearman_residual": pooled})
+    return pd.DataFrame(rows)
+
+
+def fig_imbalance(losses: pd.DataFrame, out: Path, title: str, bins: int = 6) -> None:
+    losses = losses.copy()
+    losses["residual"] = losses["loss"] - losses.groupby("id")["loss"].transform("mean")
+    n = losses.pos_epoch1.max() + 1
+    losses["bin"] = (losses.pos_epoch1 * bins // n).astype(int)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    for ax, col, label in ((axes[0], "loss", "final loss"), (axes[1], "residual", "loss − sample mean over orders")):
+        for k, d in losses.groupby("order"):
+            g = d.groupby("bin")[col]
+            x = (np.array(g.mean().index) + 0.5) * n / bins
+            ax.errorbar(x, g.mean(), yerr=g.sem().fillna(0), marker="o", ms=3, capsize=2,
+                        label=f"order {k}")
+        g = losses.groupby("bin")[col]
+        ax.plot((np.array(g.mean().index) + 0.5) * n / bins, g.mean(), "k--", lw=1.5, label="all orders")
+        ax.set_xlabel("position in epoch 1")
+        ax.set_ylabel(label)
+    axes[0].set_title(title)
+    axes[1].legend(fontsize=7)
+    _save(fig, out, "imbalance")
+
+
+def fig_main(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
+    n = manifest["n_orders"]
+    benches = list(manifest["benchmarks"])
+    col = colours(manifest["strategies"])
+    fig, axes = plt.subplots(1, len(benches), figsize=(3.2 * len(benches), 3.2), squeeze=False)
+    for ax, bench in zip(axes[0], benches, strict=True):
+        d = df[df.benchmark == bench]
+        labels, vals, errs, cs = [], [], [], []
+        for _, r in d[d.kind == "order"].sort_values("k").iterrows():
+            labels.append(f"order{int(r.k)}")
+            vals.append(r.value)
+            errs.append((r.value - r.ci_lo, r.ci_hi - r.value))
+            cs.append("#bbbbbb")
+        singles = d[d.kind == "order"].value
+        labels.append("single mean")
+        vals.append(singles.mean())
+        errs.append((singles.std(), singles.std()))
+        cs.append("#555555")
+        for s in manifest["strategies"]:
+            ds = d[(d.kind == "merge") & (d.strategy == s) & (d.m == n)]
+            if len(ds):
+                labels.append(s)
+                vals.append(ds.value.mean())
+                errs.append((ds.value.mean() - ds.ci_lo.mean(), ds.ci_hi.mean() - ds.value.mean()))
+                cs.append(col[s])
+        y = np.arange(len(labels))
+        ax.barh(y, vals, xerr=np.array(errs).T, color=cs, capsize=2)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        lo = min(v - e[0] for v, e in zip(vals, errs, strict=True))
+        hi = max(v + e[1] for v, e in zip(vals, errs, strict=True))
+        pad = (hi - lo) * 0.1 or 0.01
+        ax.set_xlim(max(0, lo - pad) if manifest["benchmarks"][bench] != "response_loss" else lo - pad, hi + pad)
+        arrow = "lower is better" if manifest["benchmarks"][bench] in LOWER_IS_BETTER else "higher is better"
+        ax.set_title(f"{bench} ({arrow})")
+    _save(fig, out, "main")
+
+
+def fig_ablation(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
+    benches = list(manifest["benchmarks"])
+    col = colours(manifest["strategies"])
+    fig, axes = plt.subplots(1, len(benches), figsize=(3.2 * len(benches), 2.8), squeeze=False)
+    for ax, bench in zip(axes[0], benches, strict=True):
+        d = df[(df.benchmark == bench) & (df.kind == "merge")]
+        for s in manifest["strategies"]:
+            g = d[d.strategy == s].groupby("m").value.mean()
+            if len(g) > 1:
+                ax.plot(g.index, g.values, marker="o", color=col[s], label=s)
+        single = df[(df.benchmark == bench) & (df.kind == "order")].value.mean()
+        ax.axhline(single, color="#555555", ls="--", lw=1, label="single mean")
+        ax.set_xlabel("merged sub-models m")
+        ax.set_title(bench)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][-1].legend(fontsize=7)
+    _save(fig, out, "ablation")
+
+
+def _module(name: str) -> str:
+    name = re.sub(r"\.(weight|bias)$", "", name)
+    return re.sub(r".*\.layers\.\d+\.", "", name).split(".")[-1]
+
+
+def fig_zero_fraction(merge_json: dict[str, Any], out: Path) -> None:
+    subs = merge_json["task_vector_zero"]
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), gridspec_kw={"width_ratios": [1, 3]})
+    axes[0].bar(range(1, len(subs) + 1), [s["zero_fraction"] for s in subs], color="#1f77b4")
+    axes[0].set_xlabel("sub-model (order)")
+    axes[0].set_ylabel("share of τ entries exactly 0")
+    axes[0].set_ylim(0, 1)
+    modules = sorted({_module(n) for n in subs[0]["zero_fraction_per_tensor"]})
+    width = 0.8 / len(subs)
+    for i, s in enumerate(subs):
+        per: dict[str, list[float]] = {}
+        for n, f in s["zero_fraction_per_tensor"].items():
+            per.setdefault(_module(n), []).append(f)
+        axes[1].bar(np.arange(len(modules)) + i * width, [np.mean(per[m]) for m in modules],
+                    width, label=f"order {i + 1}")
+    axes[1].set_xticks(np.arange(len(modules)) + 0.4 - width / 2, modules, rotation=45, ha="right")
+    axes[1].set_ylim(0, 1)
+    axes[1].legend(fontsize=7)
+    axes[1].set_title(f"per module type (stored dtype: {merge_json.get('input_dtype', 'see merge.json')})")
+    _save(fig, out, "zero_fraction")
+
+
+def fig_training(logs: dict[int, list[dict[str, Any]]], out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4, 2.8))
+    for k, log in sorted(logs.items()):
+        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=f"order {k}", lw=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (response tokens)")
+    ax.legend(fontsize=7)
+    _save(fig, out, "training")
+
+
+def make_figures(manifest: dict[str, Any], root: str | Path) -> None:
+    root = Path(root)
+    out = root / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(root / "tables" / "all_models.csv")
+    orders = [m for m in manifest["models"] if m["kind"] == "order"]
+    losses = pd.concat([pd.read_parquet(Path(m["dir"]).parent / "sample_losses.parquet") for m in orders])
+    imbalance_stats(losses).to_csv(root / "tables" / "imbalance.csv", index=False)
+    fig_imbalance(losses, out, manifest["experiment"])
+    fig_main(df, manifest, out)
+    fig_ablation(df, manifest, out)
+    full = [m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"]]
+    fig_zero_fraction(json.loads((Path(full[0]["dir"]) / "merge.json").read_text()), out)
+    logs = {}
+    for m in orders:
+        lines = (Path(m["dir"]) / "train_log.jsonl").read_text().splitlines()
+        logs[m["k"]] = [json.loads(x) for x in lines if x.strip()]
+    fig_training(logs, out)

@@ -1,0 +1,161 @@
+"""Dataset adapters, order files, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ordermerge import OrdermergeError
+from ordermerge.data import gsm_symbolic_splits, prepare_data
+from ordermerge.orders import make_order, read_order, write_order
+from ordermerge.text import collate, encode, read_jsonl
+
+IDS = [f"s{i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("mode", ["shuffle", "fixed", "batch_shuffle"])
+def test_every_epoch_is_a_permutation_and_files_are_byte_identical(tmp_path, mode):
+    o = make_order(IDS, k=2, epochs=3, mode=mode, seed=5, batch_size=4)
+    assert len(o["epochs"]) == 3
+    for p in o["epochs"]:
+        assert sorted(p) == sorted(IDS)
+    write_order(o, tmp_path / "a.json")
+    write_order(make_order(IDS, 2, 3, mode, 5, 4), tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert json.loads((tmp_path / "a.json").read_text())["epochs"] == o["epochs"]
+    assert read_order(tmp_path / "a.json", IDS)["epochs"] == o["epochs"]
+
+
+def test_modes_differ_as_documented():
+    s = make_order(IDS, 1, 3, "shuffle", 0)["epochs"]
+    assert s[0] != s[1] != s[2]
+    f = make_order(IDS, 1, 3, "fixed", 0)["epochs"]
+    assert f[0] == f[1] == f[2]
+    assert make_order(IDS, 1, 2, "shuffle", 0)["epochs"] != make_order(IDS, 2, 2, "shuffle", 0)["epochs"]
+
+
+def test_batch_shuffle_keeps_batch_contents_across_orders_and_epochs():
+    def batches(p):
+        return {frozenset(p[i : i + 4]) for i in range(0, len(p), 4)}
+
+    ref = batches(make_order(IDS, 1, 1, "batch_shuffle", 0, 4)["epochs"][0])
+    seen_positions = set()
+    for k in (1, 2, 3):
+        for p in make_order(IDS, k, 3, "batch_shuffle", 0, 4)["epochs"]:
+            assert batches(p) == ref
+            seen_positions.add(tuple(p))
+    assert len(seen_positions) > 1  # positions do move
+
+
+def test_order_file_must_match_dataset(tmp_path):
+    write_order(make_order(IDS, 1, 2), tmp_path / "o.json")
+    with pytest.raises(OrdermergeError, match="made for another dataset"):
+        read_order(tmp_path / "o.json", IDS[:-1])
+    o = json.loads((tmp_path / "o.json").read_text())
+    o["epochs"][1][0] = o["epochs"][1][1]  # hand edit: a duplicate id
+    (tmp_path / "o.json").write_text(json.dumps(o))
+    with pytest.raises(OrdermergeError, match="epoch 2 is not a permutation"):
+        read_order(tmp_path / "o.json", IDS)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(OrdermergeError, match="not an ordermerge order file"):
+        read_order(tmp_path / "bad.json", IDS)
+
+
+def test_gsm_symbolic_splits_are_disjoint_and_hold_out_templates():
+    s = gsm_symbolic_splits(40, 20, 15, seed=3)
+    assert [len(s[k]) for k in ("train", "test_id", "test_ood")] == [40, 20, 20]
+    train_t = {r["template"] for r in s["train"]}
+    assert not train_t & {r["template"] for r in s["test_ood"]}
+    assert not {r["template"] for r in s["test_id"]} & {r["template"] for r in s["test_ood"]}
+    qs = [r["prompt"] for k in s for r in s[k]]
+    assert len(qs) == len(set(qs))
+    from ordermerge.evaluate.extract import extract_number
+
+    assert all(extract_number(r["response"]) == extract_number(r["answer"]) for r in s["train"])
+    assert gsm_symbolic_splits(40, 20, 15, seed=3) == s
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_base):
+    from ordermerge.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_base))
+
+
+def test_adapters_on_fixture_files(tmp_path, tok):
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": f"What is {i}+1?", "answer": f"{i}+1={i + 1}\n#### {i + 1:,}"} for i in range(998, 1010)])
+    st = prepare_data({"format": "gsm8k", "path": str(gsm), "test_size": 2, "train_size": 100}, tok, tmp_path / "g")
+    rows = read_jsonl(tmp_path / "g/train.jsonl")
+    assert st["splits"]["train"]["rows"] == 10 and st["splits"]["test_id"]["rows"] == 2
+    assert {r["answer"] for r in rows} <= {str(i + 1) for i in range(998, 1010)}  # "1,000" -> "1000"
+    alp = _write(tmp_path / "a.jsonl", [{"instruction": "Say hi", "input": f"to {i}", "output": "hi"} for i in range(5)] + [{"instruction": "Say hi", "input": "to 0", "output": "hi"}])
+    st = prepare_data({"format": "alpaca", "path": str(alp), "test_size": 1}, tok, tmp_path / "a")
+    assert st["splits"]["train"]["duplicates_removed"] + st["splits"]["test_id"]["duplicates_removed"] == 1
+    assert read_jsonl(tmp_path / "a/train.jsonl")[0]["prompt"].startswith("Say hi\n\nto ")
+    pq = tmp_path / "g.parquet"
+    pd.DataFrame({"q": ["a", "b", "c"], "r": ["x", "y", "z"], "key": [1, 2, 3]}).to_parquet(pq)
+    prepare_data({"format": "generic", "path": str(pq), "columns": {"prompt": "q", "response": "r", "id": "key"}, "test_size": 1}, tok, tmp_path / "p")
+    assert {r["id"] for r in read_jsonl(tmp_path / "p/train.jsonl")} <= {"1", "2", "3"}
+    from ordermerge.data import humaneval_rows
+
+    assert len(humaneval_rows()) == 164
+    prepare_data({"format": "humaneval", "test_size": 4, "train_size": 10}, tok, tmp_path / "h")
+    he = read_jsonl(tmp_path / "h/test_id.jsonl")
+    assert len(he) == 4 and all("def check" in r["tests"] and r["entry_point"] for r in he)
+    prepare_data({"format": "codeio", "test_size": 2, "train_size": 3}, tok, tmp_path / "c")
+    assert len(read_jsonl(tmp_path / "c/train.jsonl")) == 3
+
+
+def test_length_policy_drop_and_stats(tmp_path, tok):
+    rows = [{"question": "q" * (5 if i % 2 else 400), "answer": "a\n#### 1"} for i in range(10)]
+    src = _write(tmp_path / "g.jsonl", [dict(r, question=r["question"] + str(i)) for i, r in enumerate(rows)])
+    st = prepare_data({"format": "gsm8k", "path": str(src), "test_size": 2, "max_tokens": 60, "length_policy": "drop"}, tok, tmp_path / "o")
+    tr = st["splits"]["train"]
+    assert tr["over_max_tokens"] > 0 and tr["rows"] == 8 - tr["over_max_tokens"]
+    assert tr["tokens"]["max"] <= 60
+    st = prepare_data({"format": "gsm8k", "path": str(src), "test_size": 2, "max_tokens": 60, "length_policy": "truncate"}, tok, tmp_path / "t")
+    assert st["splits"]["train"]["rows"] == 8
+
+
+@pytest.mark.parametrize(
+    "cfg,content,msg",
+    [
+        ({"format": "gsm8k"}, [{"question": "q"}], "missing column 'answer'"),
+        ({"format": "alpaca"}, [{"instruction": "i"}], "missing column 'output'"),
+        ({"format": "gsm8k"}, [], "no rows (empty dataset)"),
+        ({"format": "yaml"}, [{"a": 1}], "dataset format 'yaml'"),
+    ],
+)
+def test_bad_datasets(tmp_path, tok, cfg, content, msg):
+    src = _write(tmp_path / "d.jsonl", content)
+    with pytest.raises(OrdermergeError) as e:
+        prepare_data({**cfg, "path": str(src)}, tok, tmp_path / "o")
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_utf8_and_missing_file(tmp_path, tok):
+    (tmp_path / "bad.jsonl").write_bytes(b'{"question": "\xff\xfe"}\n')
+    with pytest.raises(OrdermergeError, match="not UTF-8"):
+        prepare_data({"format": "gsm8k", "path": str(tmp_path / "bad.jsonl")}, tok, tmp_path / "o")
+    with pytest.raises(OrdermergeError, match="does not exist"):
+        prepare_data({"format": "gsm8k", "path": str(tmp_path / "nope.jsonl")}, tok, tmp_path / "o")
+
+
+def test_response_only_masking(tok):
+    ids, n_prompt = encode(tok, "What is 2+2?", "4\n#### 4")
+    assert ids[-1] == tok.eos_token_id
+    prompt_text = tok.decode(ids[:n_prompt])
+    assert prompt_text.endswith("<|im_start|>assistant\n") and "What is 2+2?" in prompt_text
+    assert "You are a helpful AI assistant" not in prompt_text  # no silent default system prompt
+    batch = collate([(ids, n_prompt), (ids[:5], 2)], tok.pad_token_id)
+    labels = batch["labels"]
+    assert (labels[0, :n_prompt] == -100).all()
+    assert labels[0, n_prompt:].tolist() == ids[n_prompt:]
+    assert (labels[1, 5:] == -100).all() and batch["attention_mask"][1].sum() == 5
