@@ -76,7 +76,7 @@ def test_resume_after_kill_gives_identical_weights(tiny_base, tiny_data, order_f
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "m").exists()  # nothing that looks complete
-    res = subprocess.run(cmd[:2] + ["ordermerge", "sft"] + cmd[5:], capture_output=True, text=True)
+    res = subprocess.run([*cmd[:2], "ordermerge", "sft", *cmd[5:]], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "resuming from checkpoint at step" in res.stdout
     assert (tmp_path / "m/model.safetensors").read_bytes() == (tmp_path / "ref/model.safetensors").read_bytes()
@@ -98,7 +98,7 @@ def test_bad_sft_inputs(tiny_base, tiny_data, order_file, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "config.json").write_text("{}")
-    with pytest.raises(OrdermergeError, match="no model.safetensors"):
+    with pytest.raises(OrdermergeError, match=r"no model\.safetensors"):
         from ordermerge.models import prepare_base
 
         prepare_base(str(empty), tmp_path / "b")
