@@ -5,7 +5,9 @@ from ordermerge import OrdermergeError
 from ordermerge.config import RANDOM_METHODS, validate_config
 
 try:
-    config = validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    config = validate_config(
+        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+    )
 except OrdermergeError as err:
     # One line, before any job: the key and what was expected.
     sys.stderr.write(f"ordermerge: {err}\n")
@@ -56,7 +58,9 @@ def merged_ids(exp):
 
 
 def model_ids(exp):
-    return ["base"] + [f"order{k}" for k in range(1, n_orders(exp) + 1)] + merged_ids(exp)
+    return (
+        ["base"] + [f"order{k}" for k in range(1, n_orders(exp) + 1)] + merged_ids(exp)
+    )
 
 
 def model_dir(exp, model):
@@ -72,7 +76,11 @@ def main_ids(exp):
     """Base, every order, and every strategy at m = N with the first merge seed."""
     n = n_orders(exp)
     first = config["merge_seeds"][0]
-    return ["base"] + [f"order{k}" for k in range(1, n + 1)] + [f"{s}-n{n}-s{first}" for s in MERGES]
+    return (
+        ["base"]
+        + [f"order{k}" for k in range(1, n + 1)]
+        + [f"{s}-n{n}-s{first}" for s in MERGES]
+    )
 
 
 def bench_models(exp, bench):
@@ -85,6 +93,18 @@ def eval_files(exp):
         for bench in BENCH
         for model in bench_models(exp, bench)
     ]
+
+
+def eval_model_dir(w):
+    return model_dir(w.exp, w.model)
+
+
+def eval_settings(w):
+    b = BENCH[w.bench]
+    settings = dict(b["settings"])
+    if b["benchmark"] in ("response_loss", "gsm8k"):
+        settings["data"] = f"{RES}/{w.exp}/data/{b['split']}.jsonl"
+    return settings
 
 
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
@@ -107,12 +127,21 @@ def manifest(exp):
             entry.update(kind="order", k=int(model[5:]))
         elif model != "base":
             strategy, m, seed = model.rsplit("-", 2)
-            entry.update(kind="merge", strategy=strategy, method=MERGES[strategy]["method"],
-                         m=int(m[1:]), seed=int(seed[1:]))
+            entry.update(
+                kind="merge",
+                strategy=strategy,
+                method=MERGES[strategy]["method"],
+                m=int(m[1:]),
+                seed=int(seed[1:]),
+            )
         else:
             entry["kind"] = "base"
         models.append(entry)
-    return {"experiment": exp, "n_orders": n_orders(exp), "models": models,
-            "benchmarks": {b: v["benchmark"] for b, v in BENCH.items()},
-            "bench_models": {b: bench_models(exp, b) for b in BENCH},
-            "strategies": list(MERGES)}
+    return {
+        "experiment": exp,
+        "n_orders": n_orders(exp),
+        "models": models,
+        "benchmarks": {b: v["benchmark"] for b, v in BENCH.items()},
+        "bench_models": {b: bench_models(exp, b) for b in BENCH},
+        "strategies": list(MERGES),
+    }

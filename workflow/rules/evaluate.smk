@@ -1,15 +1,3 @@
-def eval_model_dir(w):
-    return model_dir(w.exp, w.model)
-
-
-def eval_settings(w):
-    b = BENCH[w.bench]
-    settings = dict(b["settings"])
-    if b["benchmark"] in ("response_loss", "gsm8k"):
-        settings["data"] = f"{RES}/{w.exp}/data/{b['split']}.jsonl"
-    return settings
-
-
 rule evaluate:
     input:
         model=eval_model_dir,
@@ -17,17 +5,19 @@ rule evaluate:
     output:
         result=f"{RES}/{{exp}}/eval/{{model}}/{{bench}}.json",
         scores=f"{RES}/{{exp}}/eval/{{model}}/{{bench}}.items.jsonl",
-    params:
-        benchmark=lambda w: BENCH[w.bench]["benchmark"],
-        cfg=lambda w: as_json(eval_settings(w)),
-        out=lambda w: f"{RES}/{w.exp}/eval/{w.model}",
     log:
         f"{RES}/{{exp}}/logs/eval_{{model}}_{{bench}}.log",
     benchmark:
         f"{RES}/{{exp}}/benchmarks/eval_{{model}}_{{bench}}.tsv"
+    conda:
+        "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        benchmark=lambda w: BENCH[w.bench]["benchmark"],
+        cfg=lambda w: as_json(eval_settings(w)),
+        out=lambda w: f"{RES}/{w.exp}/eval/{w.model}",
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q evaluate --model {input.model} --benchmark {params.benchmark}"
         " --config {params.cfg:q} --name {wildcards.bench} --out-dir {params.out} > {log} 2>&1"

@@ -6,6 +6,14 @@ rule merge:
         ],
     output:
         directory(f"{RES}/{{exp}}/merged/{{strategy}}/n{{m}}/s{{seed}}/model"),
+    log:
+        f"{RES}/{{exp}}/logs/merge_{{strategy}}_n{{m}}_s{{seed}}.log",
+    benchmark:
+        f"{RES}/{{exp}}/benchmarks/merge_{{strategy}}_n{{m}}_s{{seed}}.tsv"
+    conda:
+        "../../envs/merge.yaml"
+    resources:
+        mem_mb=4000,
     params:
         method=lambda w: MERGES[w.strategy]["method"],
         args=lambda w: " ".join(
@@ -13,19 +21,16 @@ rule merge:
             for k, v in sorted(MERGES[w.strategy]["params"].items())
         ),
         weights=lambda w: (
-            "--weights " + " ".join(map(str, MERGES[w.strategy]["weights"][: int(w.m)]))
+            "--weights "
+            + " ".join(map(str, MERGES[w.strategy]["weights"][: int(w.m)]))
             if "weights" in MERGES[w.strategy]
             else ""
         ),
         dtype=lambda w: (
-            f"--dtype {MERGES[w.strategy]['dtype']}" if MERGES[w.strategy]["dtype"] else ""
+            f"--dtype {MERGES[w.strategy]['dtype']}"
+            if MERGES[w.strategy]["dtype"]
+            else ""
         ),
-    log:
-        f"{RES}/{{exp}}/logs/merge_{{strategy}}_n{{m}}_s{{seed}}.log",
-    benchmark:
-        f"{RES}/{{exp}}/benchmarks/merge_{{strategy}}_n{{m}}_s{{seed}}.tsv"
-    resources:
-        mem_mb=4000,
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q merge --base {input.base} --models {input.models}"
         " --strategy {params.method} {params.args} {params.weights} {params.dtype}"

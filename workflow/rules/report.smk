@@ -20,11 +20,13 @@ rule aggregate:
             category="Tables",
         ),
         paired_csv=f"{RES}/{{exp}}/tables/paired.csv",
+    log:
+        f"{RES}/{{exp}}/logs/aggregate.log",
+    conda:
+        "../../envs/report.yaml"
     params:
         manifest=lambda w: as_json(manifest(w.exp)),
         root=lambda w: f"{RES}/{w.exp}",
-    log:
-        f"{RES}/{{exp}}/logs/aggregate.log",
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q aggregate --manifest {params.manifest:q} --root {params.root}"
         " > {log} 2>&1"
@@ -47,10 +49,12 @@ rule figures:
             )
             for f in FIGURES
         },
+    log:
+        f"{RES}/{{exp}}/logs/figures.log",
+    conda:
+        "../../envs/report.yaml"
     params:
         manifest=lambda w: as_json(manifest(w.exp)),
         root=lambda w: f"{RES}/{w.exp}",
-    log:
-        f"{RES}/{{exp}}/logs/figures.log",
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q figures --manifest {params.manifest:q} --root {params.root} > {log} 2>&1"

@@ -6,7 +6,8 @@ network, not even loopback), CPU-time, address-space, process-count and file-siz
 session whose every process is killed afterwards, and a temporary working directory deleted after
 the run. A pass is reported only by a marker written to a private pipe after `check()` returns,
 so `sys.exit(0)` before the tests, or printing "passed", does not count. The checker runs with
-a pristine copy of the builtins, so rebinding `abs` or `isinstance` does not fool it.
+a pristine copy of the builtins and without module-level rebindings of builtin names, so
+rebinding `abs` or `isinstance` does not fool it.
 
 Residual risk, documented: code in the checker's own process can in principle introspect it
 (e.g. via `gc`) and forge the marker; the OS boundary above still holds.
@@ -41,7 +42,10 @@ program, tests, entry = src.split("\n#<<SPLIT>>\n")
 ns = {"__name__": "__main__", "__builtins__": builtins}
 exec(compile(program, "completion.py", "exec"), ns)
 candidate = ns[entry]
-check_ns = {"__name__": "__check__", "__builtins__": pristine}
+# The tests may call helpers the prompt defines (e.g. poly, encode_cyclic), but never a
+# rebinding of a builtin name: those are dropped so the checker sees the real builtins.
+check_ns = {k: v for k, v in ns.items() if not (k in pristine and v is not pristine[k])}
+check_ns.update({"__name__": "__check__", "__builtins__": pristine})
 exec(compile(tests, "tests.py", "exec"), check_ns)
 check_ns["check"](candidate)
 os.write(fd, ("PASS " + token).encode())

@@ -1,0 +1,151 @@
+"""Evaluation: answer extraction, pass@k, the HumanEval sandbox under attack, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from ordermerge.evaluate import bootstrap_ci, evaluate
+from ordermerge.evaluate.extract import extract_code, extract_number, pass_at_k
+from ordermerge.evaluate.sandbox import run_program
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("so the answer is\n#### 42", "42"),
+        ("#### 1,234", "1234"),
+        ("It costs $12.50 in total.", "12.5"),
+        ("We get 7 apples, then 3 more: 10 apples", "10"),
+        ("#### 16.0", "16"),
+        ("first 5, #### -3 and later 9", "-3"),
+        ("The answer is 45 cm.", "45"),
+        ("no number here", None),
+        ("####", None),
+        ("#### +8", "8"),
+        ("total: 1,000,000", "1000000"),
+    ],
+)
+def test_gsm_answer_extraction(text, expected):
+    assert extract_number(text) == expected
+
+
+def test_pass_at_k_hand_computed():
+    assert pass_at_k(10, 0, 1) == 0.0
+    assert pass_at_k(10, 10, 5) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    # 1 - C(7,2)/C(10,2) = 1 - 21/45
+    assert pass_at_k(10, 3, 2) == pytest.approx(1 - 21 / 45)
+    # n - c < k: every k-subset contains a correct sample
+    assert pass_at_k(5, 4, 2) == 1.0
+    assert pass_at_k(20, 1, 10) == pytest.approx(0.5)
+
+
+def test_code_extraction():
+    prompt = "def f(x):\n    \"\"\"double\"\"\"\n"
+    assert extract_code(prompt, "    return 2*x\n\ndef g():\n    pass", "f") == prompt + "    return 2*x\n"
+    fenced = "Sure!\n```python\ndef f(x):\n    return 2*x\n```\nDone."
+    assert extract_code(prompt, fenced, "f") == "def f(x):\n    return 2*x\n"
+    assert extract_code(prompt, "    return 2*x\nprint(f(2))", "f") == prompt + "    return 2*x"
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
+    scores = [0, 1, 1, 0, 1, 1, 1, 0, 1, 1]
+    lo, hi = bootstrap_ci(scores)
+    assert (lo, hi) == bootstrap_ci(scores)
+    assert lo < 0.7 < hi
+
+
+CHECK = "def check(c):\n    assert c(2) == 4\n    assert abs(c(1.5) - 3.0) < 1e-9\n"
+GOOD = "def f(x):\n    return 2 * x\n"
+
+
+def test_sandbox_pass_and_fail():
+    assert run_program(GOOD, CHECK, "f").passed
+    r = run_program("def f(x):\n    return x\n", CHECK, "f")
+    assert not r.passed and r.status == "failed" and "AssertionError" in r.detail
+
+
+ATTACKS = {
+    "infinite_loop": "def f(x):\n    while True:\n        pass\n",
+    "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "allocate_50GB": "blob = bytearray(50 * 2**30)\n" + GOOD,
+    "socket": "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)\n" + GOOD,
+    "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n" + GOOD,
+    "sys_exit_0": "import sys\nsys.exit(0)\n" + GOOD,
+    "os_exit_0": "import os\nos._exit(0)\n" + GOOD,
+    "fake_passed_line": "print('passed')\nprint('PASS')\ndef f(x):\n    return x\n",
+    "monkeypatch_builtins": "import builtins\nbuiltins.abs = lambda v: 0\nabs = lambda v: 0\n"
+    "def f(x):\n    return 4 if x == 2 else 0\n",
+    "patch_assertion": "import builtins\nbuiltins.AssertionError = SystemExit\ndef f(x):\n    return x\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_sandbox_attacks_fail_and_leave_the_evaluator_unharmed(name, tmp_path):
+    t0 = time.time()
+    r = run_program(ATTACKS[name], CHECK, "f", timeout=3)
+    assert not r.passed, r
+    assert time.time() - t0 < 15
+    assert run_program(GOOD, CHECK, "f").passed  # the evaluator still works afterwards
+    if os.geteuid() == 0:  # no process of any sandbox uid survives
+        import subprocess
+
+        ps = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout
+        alive = [ln for ln in ps.splitlines() if 61000 <= int(ln.split()[0]) < 65000 and "Z" not in ln.split()[1]]
+        assert not alive
+
+
+@pytest.mark.parametrize("target", ["write", "delete"])
+def test_sandbox_cannot_touch_files_outside_its_dir(tmp_path, target):
+    sentinel = tmp_path / "sentinel.txt"
+    sentinel.write_text("safe")
+    os.chmod(tmp_path, 0o755)
+    code = (f"open({str(sentinel)!r}, 'w').write('pwned')\n" if target == "write"
+            else f"import os\nos.remove({str(sentinel)!r})\n") + GOOD
+    assert not run_program(code, CHECK, "f").passed
+    assert sentinel.read_text() == "safe"
+
+
+def test_all_164_canonical_solutions_pass_and_a_wrong_body_fails():
+    from ordermerge.data import humaneval_rows
+
+    rows = humaneval_rows()
+    assert len(rows) == 164
+    failed = [r["id"] for r in rows
+              if not run_program(r["prompt"] + r["response"], r["tests"], r["entry_point"]).passed]
+    assert failed == []
+    r = rows[0]
+    assert not run_program(r["prompt"] + "    return None\n", r["tests"], r["entry_point"]).passed
+
+
+def _items(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_response_loss_and_gsm8k_outputs_are_complete_and_deterministic(tiny_base, tiny_data, tmp_path):
+    cfg = {"data": str(tiny_data / "test_id.jsonl")}
+    r = evaluate(tiny_base, "response_loss", cfg, tmp_path / "a", progress=False)
+    assert r["metric"] == "mean_response_nll" and r["n"] == 4 and r["ci95"][0] <= r["value"] <= r["ci95"][1]
+    assert len(r["model"]["config_sha256"]) == 64 and r["settings"] == cfg
+    g1 = evaluate(tiny_base, "gsm8k", {**cfg, "max_new_tokens": 12, "batch_size": 2}, tmp_path / "a",
+                  progress=False)
+    evaluate(tiny_base, "gsm8k", {**cfg, "max_new_tokens": 12, "batch_size": 3}, tmp_path / "b",
+             progress=False)
+    items_a, items_b = _items(tmp_path / "a/gsm8k.items.jsonl"), _items(tmp_path / "b/gsm8k.items.jsonl")
+    assert [i["completion"] for i in items_a] == [i["completion"] for i in items_b]  # greedy, batch-invariant
+    assert set(items_a[0]) >= {"id", "prompt", "completion", "reference", "score"}
+    assert g1["tokens_per_s"] > 0
+
+
+def test_unknown_benchmark_or_setting(tiny_base, tmp_path):
+    from ordermerge import OrdermergeError
+
+    with pytest.raises(OrdermergeError, match="unknown benchmark 'mmlu'"):
+        evaluate(tiny_base, "mmlu", {}, tmp_path)
+    with pytest.raises(OrdermergeError, match="unknown setting 'max_tokens'"):
+        evaluate(tiny_base, "gsm8k", {"max_tokens": 3}, tmp_path)

@@ -1,0 +1,168 @@
+"""The Snakemake workflow on the tiny config: full run, outputs, rerun semantics, validation."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
+
+
+def make_workdir(dst: Path, config: dict | None = None) -> Path:
+    """A copy of the workflow (not of results) with its own config."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in ("Snakefile", "workflow", "profiles", "configs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
+    cfg = config or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dst
+
+
+def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True,
+                         text=True, timeout=1800)
+    if check and res.returncode != 0:
+        raise AssertionError(res.stdout[-3000:] + res.stderr[-5000:])
+    return res
+
+
+def planned(workdir: Path, config: dict | None = None) -> dict[str, int]:
+    """Jobs Snakemake's own dry run schedules, by rule (empty = nothing to do)."""
+    if config is not None:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    res = smk(workdir, "-n")
+    out = res.stdout + res.stderr
+    if "Nothing to be done" in out:
+        return {}
+    block = out.split("Job stats:")[1].split("\n\n")[0]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+    jobs.pop("total", None)
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
+    smk(wd)
+    return wd
+
+
+def test_full_tiny_dag_outputs(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    for f in FIGURES:
+        for ext in ("png", "pdf"):
+            p = res / "figures" / f"{f}.{ext}"
+            assert p.stat().st_size > 5000, p
+        assert (res / "figures" / f"{f}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    main = pd.read_csv(res / "tables" / "main.csv")
+    assert list(main.model) == ["base", "order1", "order2", "order3", "single (mean ± std)",
+                                "average", "selection", "selection_resample", "ties"]
+    assert {"loss_id", "loss_ood", "gsm_id"} <= set(main.columns)
+    md = (res / "tables" / "main.md").read_text()
+    assert md.count("**") >= 6  # a bold best value per column
+    assert "\\textbf" in (res / "tables" / "main.tex").read_text()
+    paired = pd.read_csv(res / "tables" / "paired.csv")
+    assert set(paired.strategy) == {"average", "selection", "selection_resample", "ties"}
+    assert {"p_wilcoxon", "ci_lo", "ci_hi"} <= set(paired.columns)
+    for k in (1, 2, 3):
+        losses = pd.read_parquet(res / f"sft/order{k}/sample_losses.parquet")
+        assert len(losses) == 12 and {"pos_epoch1", "pos_epoch2", "loss"} <= set(losses.columns)
+    assert (res / "merged/selection_resample/n2/s0/model/merge.json").exists()
+    assert len(list((res / "benchmarks").glob("*.tsv"))) > 20
+    assert not list(res.rglob(".*.partial*"))
+
+
+def test_nothing_to_do_after_full_run(tiny_run):
+    assert planned(tiny_run) == {}
+
+
+def test_touching_an_unrelated_file_schedules_nothing(tiny_run):
+    (tiny_run / "notes.txt").write_text("unrelated")
+    (tiny_run / "configs" / "tiny.yaml").touch()
+    assert planned(tiny_run) == {}
+
+
+def _cfg(wd: Path) -> dict:
+    return yaml.safe_load((wd / "config.yaml").read_text())
+
+
+def test_changing_one_strategy_parameter(tiny_run):
+    cfg = _cfg(tiny_run)
+    orig = yaml.safe_dump(cfg)
+    cfg["merges"]["ties"]["params"]["density"] = 0.3
+    jobs = planned(tiny_run, cfg)
+    assert jobs == {"merge": 1, "evaluate": 3, "aggregate": 1, "figures": 1, "all": 1}
+    (tiny_run / "config.yaml").write_text(orig)
+
+
+def test_adding_an_order(tiny_run):
+    cfg = _cfg(tiny_run)
+    orig = yaml.safe_dump(cfg)
+    cfg["experiments"]["tiny"]["orders"]["n"] = 4
+    jobs = planned(tiny_run, cfg)
+    # order4 and the strategies' new m = 4 merges; the m = 2 ablation merge is untouched
+    new_models = 1 + 4
+    assert jobs == {"make_order": 1, "sft": 1, "sample_losses": 1, "merge": 4,
+                    "evaluate": new_models * 3, "aggregate": 1, "figures": 1, "all": 1}
+    (tiny_run / "config.yaml").write_text(orig)
+
+
+def test_changing_the_learning_rate_reruns_sft_and_downstream(tiny_run):
+    cfg = _cfg(tiny_run)
+    orig = yaml.safe_dump(cfg)
+    cfg["experiments"]["tiny"]["sft"]["lr"] = 5e-4
+    jobs = planned(tiny_run, cfg)
+    assert jobs["sft"] == 3 and jobs["sample_losses"] == 3 and jobs["merge"] == 5
+    assert jobs["evaluate"] == 26 - 3  # every model but the base (3 benchmarks)
+    assert "prepare_data" not in jobs and "make_order" not in jobs and "prepare_base" not in jobs
+    (tiny_run / "config.yaml").write_text(orig)
+
+
+@pytest.mark.parametrize(
+    "mutate,expect",
+    [
+        (lambda c: c["experiments"]["tiny"]["orders"].__setitem__("n", 0),
+         "config key experiments.tiny.orders.n: 0 is less than the minimum of 2"),
+        (lambda c: c["merges"]["ties"].__setitem__("method", "tie"), "config key merges.ties.method"),
+        (lambda c: c.__setitem__("result", "x"), "unknown key ('result' was unexpected)"),
+    ],
+)
+def test_malformed_config_stops_before_any_job(tmp_path, mutate, expect):
+    cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    mutate(cfg)
+    wd = make_workdir(tmp_path / "wd", cfg)
+    res = smk(wd, "-n", check=False)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("ordermerge:")]
+    assert len(lines) == 1 and expect in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    assert not (wd / "results").exists()
+
+
+def test_paper_config_dry_runs_with_the_slurm_profile(tmp_path):
+    wd = make_workdir(tmp_path / "wd", yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    env_cmd = ["env", "SLURM_ACCOUNT=acct", "SLURM_PARTITION=gpu", *SNAKEMAKE, "-n",
+               "--workflow-profile", "profiles/slurm"]
+    res = subprocess.run(env_cmd, cwd=wd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    block = (res.stdout + res.stderr).split("Job stats:")[1].split("\n\n")[0]
+    jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+    # 3 experiments x 5 orders; merges per experiment: average 4 sizes, selection and
+    # selection_resample 4 sizes x 3 seeds, task_arithmetic 1, ties 1, dare_ties 3 seeds
+    assert jobs["sft"] == 15 and jobs["make_order"] == 15 and jobs["sample_losses"] == 15
+    assert jobs["merge"] == 3 * (4 + 12 + 12 + 1 + 1 + 3)
+    models = 1 + 5 + 33
+    main = 1 + 5 + 6
+    assert jobs["evaluate"] == 3 * (models + 2 * main)
