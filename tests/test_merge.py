@@ -394,3 +394,17 @@ def test_truncated_shard_and_missing_shard(capsys, tmp_path):
     _run_bad(
         capsys, tmp_path, base2, [tmp_path / "sharded", models2[1]], expect="which does not exist"
     )
+
+
+def test_refuses_sub_model_from_another_base_or_tokenizer(capsys, tmp_path):
+    base, models = make_family(tmp_path / "in")
+    (base / "ordermerge_base.json").write_text(json.dumps({"weights_sha256": "a" * 64}))
+    for m in models:
+        (m / "ordermerge_sft.json").write_text(json.dumps({"base_weights_sha256": "a" * 64}))
+    (models[2] / "ordermerge_sft.json").write_text(json.dumps({"base_weights_sha256": "b" * 64}))
+    err = _run_bad(capsys, tmp_path, base, models, expect="was fine-tuned from another base")
+    assert str(models[2]) in err
+    (models[2] / "ordermerge_sft.json").write_text(json.dumps({"base_weights_sha256": "a" * 64}))
+    for i, m in enumerate(models):
+        (m / "tokenizer.json").write_text("{}" if i < 2 else '{"x": 1}')
+    _run_bad(capsys, tmp_path, base, models, expect="tokenizer mismatch")

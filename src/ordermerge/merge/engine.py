@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
-from ..safetensors_io import CheckpointReader, ShardedWriter, folder_fingerprint
+from ..safetensors_io import CheckpointReader, ShardedWriter, folder_fingerprint, sha256_file
 from .strategies import REGISTRY, Group
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
@@ -119,6 +119,29 @@ def _check_same_layout(base: CheckpointReader, models: list[CheckpointReader]) -
                 )
 
 
+def _check_provenance(base: Path, models: list[Path]) -> None:
+    """Refuse sub-models fine-tuned from another base (shapes can match while values are
+    unrelated) or carrying another tokenizer, using the fingerprints prepare-base and sft write."""
+    fp = base / "ordermerge_base.json"
+    if fp.exists():
+        want = json.loads(fp.read_text()).get("weights_sha256")
+        for m in models:
+            meta = m / "ordermerge_sft.json"
+            if meta.exists():
+                got = json.loads(meta.read_text()).get("base_weights_sha256")
+                if got and want and got != want:
+                    raise OrdermergeError(
+                        f"{m}: was fine-tuned from another base (base fingerprint {got[:12]}…, "
+                        f"{base} has {want[:12]}…)"
+                    )
+    tokenizers = [(p, p / "tokenizer.json") for p in (base, *models)]
+    digests = {p: sha256_file(t) for p, t in tokenizers if t.exists()}
+    if len(set(digests.values())) > 1:
+        ref = next(iter(digests))
+        odd = next(p for p in digests if digests[p] != digests[ref])
+        raise OrdermergeError(f"{odd}: tokenizer.json differs from {ref}'s (tokenizer mismatch)")
+
+
 def _load(reader: CheckpointReader, name: str) -> torch.Tensor:
     t = reader.get(name)
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -155,6 +178,7 @@ def merge(
     base_r = CheckpointReader(base)
     model_rs = [CheckpointReader(m) for m in models]
     _check_same_layout(base_r, model_rs)
+    _check_provenance(base, models)
     fn = REGISTRY[strategy].fn
 
     names = base_r.names()
