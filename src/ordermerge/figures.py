@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -111,7 +112,11 @@ def fig_main(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
         lo = min(v - e[0] for v, e in zip(vals, errs, strict=True))
         hi = max(v + e[1] for v, e in zip(vals, errs, strict=True))
         pad = (hi - lo) * 0.1 or 0.01
-        ax.set_xlim(max(0, lo - pad) if manifest["benchmarks"][bench] != "response_loss" else lo - pad, hi + pad)
+        if manifest["benchmarks"][bench] in LOWER_IS_BETTER:
+            ax.set_xlim(lo - pad, hi + pad)
+        else:  # accuracies: start at 0 so a floor effect is visible as such
+            ax.set_xlim(0, max(hi + pad, 0.05))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         arrow = "lower is better" if manifest["benchmarks"][bench] in LOWER_IS_BETTER else "higher is better"
         ax.set_title(f"{bench} ({arrow})")
     _save(fig, out, "main")
@@ -143,10 +148,10 @@ def _module(name: str) -> str:
 
 def fig_zero_fraction(merge_json: dict[str, Any], out: Path) -> None:
     subs = merge_json["task_vector_zero"]
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8), gridspec_kw={"width_ratios": [1, 3]})
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), gridspec_kw={"width_ratios": [1, 3]})
     axes[0].bar(range(1, len(subs) + 1), [s["zero_fraction"] for s in subs], color="#1f77b4")
     axes[0].set_xlabel("sub-model (order)")
-    axes[0].set_ylabel("share of τ entries exactly 0")
+    axes[0].set_ylabel("τ entries exactly 0")
     axes[0].set_ylim(0, 1)
     modules = sorted({_module(n) for n in subs[0]["zero_fraction_per_tensor"]})
     width = 0.8 / len(subs)
