@@ -21,7 +21,7 @@ FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
 def make_workdir(dst: Path, config: dict | None = None) -> Path:
     """A copy of the workflow (not of results) with its own config."""
     dst.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "workflow", "profiles", "configs"):
+    for item in ("Snakefile", "workflow", "profiles", "configs", "envs"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
     cfg = config or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
