@@ -1,7 +1,7 @@
 """Minimal, streaming safetensors I/O.
 
-Reading memory-maps each shard and returns zero-copy tensors, so a merge holds at most the tensors
-it is working on. Writing lays out every shard's header before any tensor is computed (names,
+Reading fetches one tensor at a time with pread, so a merge holds at most the tensors it is
+working on. Writing lays out every shard's header before any tensor is computed (names,
 dtypes and shapes are known up front), then appends tensor bytes in header order: the output is
 never held in memory as a whole.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -113,7 +112,7 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 class CheckpointReader:
-    """Memory-mapped, name-addressed view of all tensors of one model folder."""
+    """Name-addressed reader of all tensors of one model folder (single file or sharded)."""
 
     def __init__(self, folder: Path | str):
         self.folder = Path(folder)
@@ -123,26 +122,37 @@ class CheckpointReader:
                 if name in self.infos:
                     raise OrdermergeError(f"{shard}: tensor {name} appears in two shards")
                 self.infos[name] = info
-        self._maps: dict[Path, mmap.mmap] = {}
+        self._fds: dict[Path, int] = {}
 
     def names(self) -> list[str]:
         return sorted(self.infos)
 
     def get(self, name: str) -> torch.Tensor:
-        """Zero-copy tensor backed by the file (copy-on-write map: never written back)."""
+        """The tensor, read with one pread into fresh memory.
+
+        Reading instead of memory-mapping keeps peak RSS at the tensors in flight: mapped file
+        pages stay counted in a process's RSS until unmapped, so a mapped 7B merge would show the
+        whole model as resident even though it only ever works on one tensor name.
+        """
         info = self.infos[name]
-        mm = self._maps.get(info.shard)
-        if mm is None:
-            with open(info.shard, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[info.shard] = mm
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=info.dtype)
-        flat = torch.frombuffer(mm, dtype=torch.uint8, count=info.nbytes, offset=info.start)
-        return flat.view(info.dtype).view(info.shape)
+        fd = self._fds.get(info.shard)
+        if fd is None:
+            fd = os.open(info.shard, os.O_RDONLY)
+            self._fds[info.shard] = fd
+        out = torch.empty(info.nbytes, dtype=torch.uint8)
+        view = memoryview(out.numpy())
+        done = 0
+        while done < info.nbytes:
+            n = os.preadv(fd, [view[done:]], info.start + done)
+            if n <= 0:
+                raise OrdermergeError(f"{info.shard}: truncated while reading tensor {name}")
+            done += n
+        return out.view(info.dtype).view(info.shape)
 
     def close(self) -> None:
-        self._maps.clear()  # tensors still alive keep their map open; the GC closes it later
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> CheckpointReader:
         return self

@@ -80,7 +80,7 @@ def weighted_average(g: Group, w: list[float], gen: torch.Generator) -> Merged:
     """θ = Σ_i w_i θ_i, with w normalised to sum to 1 (uniform by default)."""
     acc = torch.zeros(g.base.shape, dtype=g.compute_dtype)
     for wi, m in zip(w, g.models, strict=True):
-        acc.add_(m.to(g.compute_dtype), alpha=wi)
+        acc.add_(m, alpha=wi)  # mixed-dtype add casts on the fly: no fp32 copy of m
     return Merged(acc)
 
 
