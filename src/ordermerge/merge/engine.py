@@ -15,7 +15,13 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
-from ..safetensors_io import CheckpointReader, ShardedWriter, folder_fingerprint, sha256_file
+from ..safetensors_io import (
+    CheckpointReader,
+    ShardedWriter,
+    folder_fingerprint,
+    publish_dir,
+    sha256_file,
+)
 from .strategies import REGISTRY, Group
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
@@ -41,7 +47,7 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
+def _coerce(value: Any, kind: type) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -73,7 +79,7 @@ def parse_params(strategy: str, params: dict[str, Any] | None) -> dict[str, Any]
     for key, p in spec.items():
         value = params.get(key, p.default)
         try:
-            value = _coerce(key, value, p.kind)
+            value = _coerce(value, p.kind)
             ok = p.check(value)
         except (TypeError, ValueError):
             ok = False
@@ -238,7 +244,7 @@ def merge(
             "seconds": round(elapsed, 3),
         }
         (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
-        _replace(tmp, out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -306,12 +312,3 @@ def _finish(
         meta["selection_counts"] = [int(c) for c in picks]
     return meta
 
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
