@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,3 +114,32 @@ def tiny_data(tmp_path_factory, tiny_base) -> Path:
     prepare_data({"format": "gsm_symbolic", "train_size": 12, "test_size": 4, "max_tokens": 400},
                  load_tokenizer(str(tiny_base)), out)
     return out
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def make_workdir(dst: Path, config: dict | None = None) -> Path:
+    """A copy of the workflow (not of results) with its own config."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in ("Snakefile", "workflow", "profiles", "configs", "envs"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
+    cfg = config or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return dst
+
+
+def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True,
+                         text=True, timeout=1800)
+    if check and res.returncode != 0:
+        raise AssertionError(res.stdout[-3000:] + res.stderr[-5000:])
+    return res
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
+    smk(wd)
+    return wd

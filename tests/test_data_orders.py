@@ -138,6 +138,7 @@ def test_bad_datasets(tmp_path, tok, cfg, content, msg):
     with pytest.raises(OrdermergeError) as e:
         prepare_data({**cfg, "path": str(src)}, tok, tmp_path / "o")
     assert msg in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o").exists()  # nothing downstream
 
 
 def test_non_utf8_and_missing_file(tmp_path, tok):
@@ -146,6 +147,7 @@ def test_non_utf8_and_missing_file(tmp_path, tok):
         prepare_data({"format": "gsm8k", "path": str(tmp_path / "bad.jsonl")}, tok, tmp_path / "o")
     with pytest.raises(OrdermergeError, match="does not exist"):
         prepare_data({"format": "gsm8k", "path": str(tmp_path / "nope.jsonl")}, tok, tmp_path / "o")
+    assert not (tmp_path / "o").exists()  # nothing downstream
 
 
 def test_response_only_masking(tok):

@@ -149,3 +149,24 @@ def test_unknown_benchmark_or_setting(tiny_base, tmp_path):
         evaluate(tiny_base, "mmlu", {}, tmp_path)
     with pytest.raises(OrdermergeError, match="unknown setting 'max_tokens'"):
         evaluate(tiny_base, "gsm8k", {"max_tokens": 3}, tmp_path)
+
+
+def test_a_suite_equals_its_benchmarks_run_one_by_one(tiny_base, tiny_data, tmp_path):
+    from ordermerge import OrdermergeError
+    from ordermerge.evaluate import evaluate_suite
+
+    data = str(tiny_data / "test_id.jsonl")
+    suite = {"loss": {"benchmark": "response_loss", "settings": {"data": data}},
+             "gsm": {"benchmark": "gsm8k", "settings": {"data": data, "max_new_tokens": 6}}}
+    results = evaluate_suite(tiny_base, suite, tmp_path / "suite" / "m", progress=False)
+    assert [r["name"] for r in results] == ["loss", "gsm"]
+    for name, spec in suite.items():
+        evaluate(tiny_base, spec["benchmark"], spec["settings"], tmp_path / "single", name, progress=False)
+        assert (tmp_path / f"suite/m/{name}.items.jsonl").read_bytes() == \
+            (tmp_path / f"single/{name}.items.jsonl").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "suite").iterdir()) == ["m"]  # no partial left
+    with pytest.raises(OrdermergeError, match="unknown setting 'limt'"):
+        evaluate_suite(tiny_base, {"x": {"benchmark": "gsm8k", "settings": {"limt": 1}}}, tmp_path / "bad")
+    with pytest.raises(OrdermergeError, match=r"evaluate --suite: x: expected \{\"benchmark\""):
+        evaluate_suite(tiny_base, {"x": {"benchmark": "gsm9k"}}, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))

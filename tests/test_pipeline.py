@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, SNAKEMAKE, make_workdir, smk
 
 pytestmark = pytest.mark.slow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
-
-
-def make_workdir(dst: Path, config: dict | None = None) -> Path:
-    """A copy of the workflow (not of results) with its own config."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for item in ("Snakefile", "workflow", "profiles", "configs", "envs"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst / item)
-    cfg = config or yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
-    (dst / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dst
-
-
-def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True,
-                         text=True, timeout=1800)
-    if check and res.returncode != 0:
-        raise AssertionError(res.stdout[-3000:] + res.stderr[-5000:])
-    return res
 
 
 def planned(workdir: Path, config: dict | None = None) -> dict[str, int]:
@@ -49,13 +27,6 @@ def planned(workdir: Path, config: dict | None = None) -> dict[str, int]:
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     jobs.pop("total", None)
     return jobs
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    wd = make_workdir(tmp_path_factory.mktemp("pipeline"))
-    smk(wd)
-    return wd
 
 
 def test_full_tiny_dag_outputs(tiny_run):
@@ -79,7 +50,12 @@ def test_full_tiny_dag_outputs(tiny_run):
         losses = pd.read_parquet(res / f"sft/order{k}/sample_losses.parquet")
         assert len(losses) == 12 and {"pos_epoch1", "pos_epoch2", "loss"} <= set(losses.columns)
     assert (res / "merged/selection_resample/n2/s0/model/merge.json").exists()
-    assert len(list((res / "benchmarks").glob("*.tsv"))) > 20
+    assert len(list((res / "benchmarks").glob("*.tsv"))) >= 20
+    assert sorted(p.name for p in (res / "eval/order1").iterdir()) == [
+        "gsm_id.items.jsonl", "gsm_id.json", "loss_id.items.jsonl", "loss_id.json",
+        "loss_ood.items.jsonl", "loss_ood.json"]
+    assert sorted(p.name for p in (res / "eval/selection_resample-n2-s0").iterdir()) == [
+        "loss_id.items.jsonl", "loss_id.json", "loss_ood.items.jsonl", "loss_ood.json"]
     assert not list(res.rglob(".*.partial*"))
 
 
@@ -110,7 +86,18 @@ def test_changing_one_strategy_parameter(tiny_run):
     orig = yaml.safe_dump(cfg)
     cfg["merges"]["ties"]["params"]["density"] = 0.3
     jobs = planned(tiny_run, cfg)
-    assert jobs == {"merge": 1, "evaluate": 3, "aggregate": 1, "figures": 1, "all": 1}
+    assert jobs == {"merge": 1, "evaluate": 1, "aggregate": 1, "figures": 1, "all": 1}
+    (tiny_run / "config.yaml").write_text(orig)
+
+
+def test_changing_one_benchmark_setting_reruns_the_models_it_covers(tiny_run):
+    cfg = _cfg(tiny_run)
+    orig = yaml.safe_dump(cfg)
+    cfg["benchmarks"]["gsm_id"]["settings"]["limit"] = 3
+    jobs = planned(tiny_run, cfg)
+    # gsm_id covers the main models (base, 3 orders, 4 strategies at m = N), not the ablation
+    # merge; one evaluation job per model runs all of that model's benchmarks
+    assert jobs == {"evaluate": 8, "aggregate": 1, "figures": 1, "all": 1}
     (tiny_run / "config.yaml").write_text(orig)
 
 
@@ -120,9 +107,8 @@ def test_adding_an_order(tiny_run):
     cfg["experiments"]["tiny"]["orders"]["n"] = 4
     jobs = planned(tiny_run, cfg)
     # order4 and the strategies' new m = 4 merges; the m = 2 ablation merge is untouched
-    new_models = 1 + 4
     assert jobs == {"make_order": 1, "sft": 1, "sample_losses": 1, "merge": 4,
-                    "evaluate": new_models * 3, "aggregate": 1, "figures": 1, "all": 1}
+                    "evaluate": 1 + 4, "aggregate": 1, "figures": 1, "all": 1}
     (tiny_run / "config.yaml").write_text(orig)
 
 
@@ -132,7 +118,7 @@ def test_changing_the_learning_rate_reruns_sft_and_downstream(tiny_run):
     cfg["experiments"]["tiny"]["sft"]["lr"] = 5e-4
     jobs = planned(tiny_run, cfg)
     assert jobs["sft"] == 3 and jobs["sample_losses"] == 3 and jobs["merge"] == 5
-    assert jobs["evaluate"] == 26 - 3  # every model but the base (3 benchmarks)
+    assert jobs["evaluate"] == 9 - 1  # one job per model, every model but the base
     assert "prepare_data" not in jobs and "make_order" not in jobs and "prepare_base" not in jobs
     (tiny_run / "config.yaml").write_text(orig)
 
@@ -170,6 +156,5 @@ def test_paper_config_dry_runs_with_the_slurm_profile(tmp_path):
     # selection_resample 4 sizes x 3 seeds, task_arithmetic 1, ties 1, dare_ties 3 seeds
     assert jobs["sft"] == 15 and jobs["make_order"] == 15 and jobs["sample_losses"] == 15
     assert jobs["merge"] == 3 * (4 + 12 + 12 + 1 + 1 + 3)
-    models = 1 + 5 + 33
-    main = 1 + 5 + 6
-    assert jobs["evaluate"] == 3 * (models + 2 * main)
+    models = 1 + 5 + 33  # one evaluation job per model runs all of its benchmarks
+    assert jobs["evaluate"] == 3 * models

@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"ordermerge {args.command}: interrupted\n")
         return 130
+    except OSError as e:  # a file the command reads or writes: name it, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"ordermerge {args.command}: error: {where}{e.strerror or e}\n")
+        return 1
     except Exception as e:
         if os.environ.get("ORDERMERGE_DEBUG"):
             raise

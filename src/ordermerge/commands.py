@@ -87,13 +87,40 @@ def _sft_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", required=True)
     p.add_argument("--config", default="{}", help="JSON object of SFT settings")
     p.add_argument("--scratch", help="checkpoint folder (default: hidden sibling of --out)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (GPUs) on this node; >1 re-runs this command under torchrun")
     p.add_argument("--out", required=True)
+
+
+def _under_torchrun(a: argparse.Namespace) -> None:
+    """Re-run this very command as `nproc` data-parallel ranks (torchrun --standalone): the
+    loop keeps the global order across ranks, so the result equals one process's run."""
+    import os
+    import subprocess
+    import sys
+
+    argv = sys.argv[1:]
+    i = argv.index("--nproc") if "--nproc" in argv else None
+    if i is not None:
+        del argv[i : i + 2]
+    argv = [x for x in argv if not x.startswith("--nproc=")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={a.nproc}", "-m", "ordermerge", *argv]
+    print("running " + " ".join(cmd[2:]), flush=True)
+    rc = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if rc:
+        raise SystemExit(rc)
 
 
 @command("sft", _sft_args)
 def _sft(a: argparse.Namespace) -> None:
     """Fine-tune the base model on the data in the order file's exact order."""
+    import os
+
     from .sft import SFTConfig, train
+
+    if a.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _under_torchrun(a)
 
     res = train(a.base, a.data, a.order, a.out, SFTConfig.from_dict(_json_arg(a.config, "--config")),
                 a.scratch, progress=not a.quiet)
@@ -130,23 +157,31 @@ def _sample_losses(a: argparse.Namespace) -> None:
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
-    p.add_argument("--benchmark", required=True,
-                   help="response_loss | gsm8k | humaneval | lm_eval")
+    p.add_argument("--benchmark", help="response_loss | gsm8k | humaneval | lm_eval")
     p.add_argument("--config", default="{}", help="JSON object of benchmark settings")
     p.add_argument("--name", help="output name (default: the benchmark)")
+    p.add_argument("--suite", help='JSON {name: {"benchmark": ..., "settings": {...}}}: several '
+                   "benchmarks, model loaded once, --out-dir written as a whole")
     p.add_argument("--out-dir", required=True)
 
 
 @command("evaluate", _evaluate_args)
 def _evaluate(a: argparse.Namespace) -> None:
-    """Evaluate one model on one benchmark; writes NAME.json and NAME.items.jsonl."""
-    from .evaluate import evaluate
+    """Evaluate one model on one benchmark (or a --suite); writes NAME.json and NAME.items.jsonl."""
+    from . import OrdermergeError
+    from .evaluate import evaluate, evaluate_suite
 
-    r = evaluate(a.model, a.benchmark, _json_arg(a.config, "--config"), a.out_dir, a.name,
-                 progress=not a.quiet)
-    tps = f", {r['tokens_per_s']:.1f} tok/s" if r["tokens_per_s"] else ""
-    print(f"{r['name']}: {r['metric']} = {r['value']:.4f} "
-          f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}] n={r['n']} ({r['seconds']:.1f} s{tps})")
+    if (a.suite is None) == (a.benchmark is None):
+        raise OrdermergeError("give either --benchmark (one benchmark) or --suite (several)")
+    if a.suite is not None:
+        results = evaluate_suite(a.model, _json_arg(a.suite, "--suite"), a.out_dir, progress=not a.quiet)
+    else:
+        results = [evaluate(a.model, a.benchmark, _json_arg(a.config, "--config"), a.out_dir, a.name,
+                            progress=not a.quiet)]
+    for r in results:
+        tps = f", {r['tokens_per_s']:.1f} tok/s" if r["tokens_per_s"] else ""
+        print(f"{r['name']}: {r['metric']} = {r['value']:.4f} "
+              f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}] n={r['n']} ({r['seconds']:.1f} s{tps})")
 
 
 def _manifest_args(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,16 @@ from . import OrdermergeError
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 RANDOM_METHODS = {"parameter_selection", "dare_linear", "dare_ties"}
+BENCHMARKS = ("response_loss", "gsm8k", "humaneval", "lm_eval")
+# The settings each benchmark accepts (checked at config time, before any job runs).
+BENCHMARK_SETTINGS = {
+    "response_loss": {"data", "batch_size", "max_length", "system_prompt", "limit"},
+    "gsm8k": {"data", "batch_size", "max_new_tokens", "system_prompt", "limit", "fewshot_path",
+              "fewshot_k"},
+    "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
+                  "timeout", "chat", "seed"},
+    "lm_eval": {"tasks", "include_path", "limit", "batch_size"},
+}
 
 
 def _key(path: Any) -> str:
@@ -59,7 +69,7 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[
 
 
 def _semantic_checks(cfg: dict[str, Any]) -> None:
-    from .merge import parse_params
+    from .merge.params import parse_params
 
     res = Path(cfg["results"])
     if res.is_absolute() or ".." in res.parts:
@@ -73,6 +83,13 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
     for s in abl.get("strategies", []):
         if s not in cfg["merges"]:
             raise OrdermergeError(f"config key ablation.strategies: {s!r} is not a name under merges ({', '.join(cfg['merges'])})")
+    for bname, b in cfg["benchmarks"].items():
+        accepted = BENCHMARK_SETTINGS[b["benchmark"]] - {"data"}  # data: set by the workflow
+        unknown = sorted(set(b.get("settings", {})) - accepted)
+        if unknown:
+            raise OrdermergeError(
+                f"config key benchmarks.{bname}.settings: unknown setting {unknown[0]!r} for "
+                f"benchmark {b['benchmark']} (accepted: {', '.join(sorted(accepted))})")
     for exp, e in cfg["experiments"].items():
         n = e["orders"]["n"]
         for size in abl["sizes"]:

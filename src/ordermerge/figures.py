@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from .atomic import atomic_file
 from .report import LOWER_IS_BETTER
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 150})
@@ -37,8 +38,9 @@ def colours(strategies: list[str]) -> dict[str, str]:
 
 def _save(fig, out: Path, name: str) -> None:
     fig.tight_layout()
-    fig.savefig(out / f"{name}.pdf")
-    fig.savefig(out / f"{name}.png")  # last: the rule's declared output
+    for ext in ("pdf", "png"):  # png last: the rule's declared output
+        with atomic_file(out / f"{name}.{ext}") as tmp:  # a kill never leaves half a figure
+            fig.savefig(tmp, format=ext)
     plt.close(fig)
 
 
@@ -185,7 +187,8 @@ def make_figures(manifest: dict[str, Any], root: str | Path) -> None:
     df = pd.read_csv(root / "tables" / "all_models.csv")
     orders = [m for m in manifest["models"] if m["kind"] == "order"]
     losses = pd.concat([pd.read_parquet(Path(m["dir"]).parent / "sample_losses.parquet") for m in orders])
-    imbalance_stats(losses).to_csv(root / "tables" / "imbalance.csv", index=False)
+    with atomic_file(root / "tables" / "imbalance.csv") as tmp:
+        imbalance_stats(losses).to_csv(tmp, index=False)
     fig_imbalance(losses, out, manifest["experiment"])
     fig_main(df, manifest, out)
     fig_ablation(df, manifest, out)

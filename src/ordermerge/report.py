@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from .atomic import atomic_file
 from .text import read_jsonl
 
 LOWER_IS_BETTER = {"response_loss"}
@@ -156,16 +157,22 @@ def aggregate(manifest: dict[str, Any], root: str | Path) -> None:
     out = root / "tables"
     out.mkdir(parents=True, exist_ok=True)
     df = collect(manifest, root)
-    df.to_csv(out / "all_models.csv", index=False)
+    _write(out / "all_models.csv", df.to_csv(index=False))
     table = main_table(df, manifest)
-    table.to_csv(out / "main.csv", index=False)
-    (out / "main.tex").write_text(render_latex(table, manifest))
+    _write(out / "main.csv", table.to_csv(index=False))
+    _write(out / "main.tex", render_latex(table, manifest))
     paired = paired_table(manifest, root)
-    paired.to_csv(out / "paired.csv", index=False)
+    _write(out / "paired.csv", paired.to_csv(index=False))
     md = ["| benchmark | strategy | vs | n | mean diff | 95% CI | Wilcoxon p | strategy better |",
           "|---|---|---|---|---|---|---|---|"]
     for _, r in paired.iterrows():
         md.append(f"| {r.benchmark} | {r.strategy} | {r.reference} | {r.n} | {r.mean_diff:+.4f} | "
                   f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}] | {r.p_wilcoxon:.3g} | {'yes' if r.strategy_better else 'no'} |")
-    (out / "paired.md").write_text("\n".join(md) + "\n")
-    (out / "main.md").write_text(render_markdown(table, manifest))  # last: marks completion
+    _write(out / "paired.md", "\n".join(md) + "\n")
+    _write(out / "main.md", render_markdown(table, manifest))  # last: marks completion
+
+
+def _write(path: Path, text: str) -> None:
+    # a killed job leaves the old file or none, never a truncated table
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)

@@ -288,6 +288,9 @@ def folder_fingerprint(folder: Path) -> dict[str, str | None]:
 def publish_dir(tmp: Path, out: Path) -> None:
     """Move a completed folder into place: the old output (if any) is renamed aside first, so
     `out` is at every moment either absent, the old complete folder, or the new one."""
+    from .atomic import clear_stale_partials
+
+    clear_stale_partials(out)
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)

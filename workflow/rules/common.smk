@@ -1,4 +1,6 @@
+import errno
 import json
+import math
 import sys
 
 from ordermerge import OrdermergeError
@@ -25,7 +27,6 @@ wildcard_constraints:
     m=r"\d+",
     seed=r"\d+",
     strategy="[A-Za-z0-9_]+",
-    bench="[A-Za-z0-9_]+",
     model=r"[A-Za-z0-9_.\-]+",
 
 
@@ -87,24 +88,62 @@ def bench_models(exp, bench):
     return model_ids(exp) if BENCH[bench]["models"] == "all" else main_ids(exp)
 
 
-def eval_files(exp):
-    return [
-        f"{RES}/{exp}/eval/{model}/{bench}.json"
+def eval_suite(exp, model):
+    """The benchmarks one model is evaluated on, with their settings (the evaluate job's params)."""
+    return {
+        bench: {
+            "benchmark": BENCH[bench]["benchmark"],
+            "settings": bench_settings(exp, bench),
+        }
         for bench in BENCH
-        for model in bench_models(exp, bench)
-    ]
+        if model in bench_models(exp, bench)
+    }
+
+
+def eval_dirs(exp):
+    return [f"{RES}/{exp}/eval/{m}" for m in model_ids(exp) if eval_suite(exp, m)]
+
+
+def largest_tensor_numel(folder):
+    """Elements of the largest tensor in a safetensors folder, read from the headers only."""
+    numel = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for name, spec in header.items():
+            if name != "__metadata__":
+                numel = max(numel, math.prod(spec["shape"]))
+    if not numel:
+        # naming the input lets Snakemake defer the resource (<TBD>) until the input exists
+        raise FileNotFoundError(errno.ENOENT, "no safetensors files", str(folder))
+    return numel
+
+
+def merge_mem_mb(wildcards, input, attempt):
+    """The merge streams one tensor name at a time, so its memory is set by the largest
+    tensor: m + 1 inputs, with fp32 work copies (~12 B per element per input), plus 1 GB for
+    Python and torch; doubled, tripled... on each retry. Before the base exists (a dry run of
+    a fresh DAG) the FileNotFoundError makes Snakemake show <TBD> and ask again at submission.
+    """
+    numel = largest_tensor_numel(input.base)
+    return attempt * (1024 + math.ceil((int(wildcards.m) + 1) * 12 * numel / 2**20))
 
 
 def eval_model_dir(w):
     return model_dir(w.exp, w.model)
 
 
-def eval_settings(w):
-    b = BENCH[w.bench]
+def bench_settings(exp, bench):
+    b = BENCH[bench]
     settings = dict(b["settings"])
     if b["benchmark"] in ("response_loss", "gsm8k"):
-        settings["data"] = f"{RES}/{w.exp}/data/{b['split']}.jsonl"
+        settings["data"] = f"{RES}/{exp}/data/{b['split']}.jsonl"
     return settings
+
+
+def eval_data(w):
+    suite = eval_suite(w.exp, w.model).values()
+    return sorted({s["settings"]["data"] for s in suite if "data" in s["settings"]})
 
 
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]

@@ -1,23 +1,21 @@
 rule evaluate:
     input:
         model=eval_model_dir,
-        data=lambda w: eval_settings(w).get("data", []),
+        data=eval_data,
     output:
-        result=f"{RES}/{{exp}}/eval/{{model}}/{{bench}}.json",
-        scores=f"{RES}/{{exp}}/eval/{{model}}/{{bench}}.items.jsonl",
+        # every benchmark of this model: {name}.json + {name}.items.jsonl, published whole
+        directory(f"{RES}/{{exp}}/eval/{{model}}"),
     log:
-        f"{RES}/{{exp}}/logs/eval_{{model}}_{{bench}}.log",
+        f"{RES}/{{exp}}/logs/eval_{{model}}.log",
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/eval_{{model}}_{{bench}}.tsv"
+        f"{RES}/{{exp}}/benchmarks/eval_{{model}}.tsv"
     conda:
         "../../envs/evaluate.yaml"
     threads: 1
     resources:
         mem_mb=4000,
     params:
-        benchmark=lambda w: BENCH[w.bench]["benchmark"],
-        cfg=lambda w: as_json(eval_settings(w)),
-        out=lambda w: f"{RES}/{w.exp}/eval/{w.model}",
+        suite=lambda w: as_json(eval_suite(w.exp, w.model)),
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q evaluate --model {input.model} --benchmark {params.benchmark}"
-        " --config {params.cfg:q} --name {wildcards.bench} --out-dir {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ordermerge -q evaluate --model {input.model} --suite {params.suite:q}"
+        " --out-dir {output} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule merge:
     conda:
         "../../envs/merge.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=merge_mem_mb,
     params:
         method=lambda w: MERGES[w.strategy]["method"],
         args=lambda w: " ".join(

@@ -5,7 +5,7 @@ localrules:
 
 rule aggregate:
     input:
-        evals=lambda w: eval_files(w.exp),
+        evals=lambda w: eval_dirs(w.exp),
     output:
         main=report(
             f"{RES}/{{exp}}/tables/main.md",

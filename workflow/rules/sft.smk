@@ -15,6 +15,8 @@ rule sft:
     resources:
         mem_mb=8000,
         runtime=240,
+        # GPUs for this job; more than one runs the job's ranks under torchrun (--nproc)
+        gpu=0,
     params:
         cfg=lambda w: as_json(EXPS[w.exp]["sft"]),
         scratch=lambda w: f"{RES}/{w.exp}/scratch/order{w.k}",
@@ -22,7 +24,7 @@ rule sft:
         # The scratch folder is not an output: Snakemake must not delete it before a retry,
         # because the retry resumes from the checkpoint inside it.
         "OMP_NUM_THREADS={threads} ordermerge -q sft --base {input.base} --data {input.data} --order {input.order}"
-        " --config {params.cfg:q} --scratch {params.scratch} --out {output} >> {log} 2>&1"
+        " --config {params.cfg:q} --scratch {params.scratch} --nproc {resources.gpu} --out {output} >> {log} 2>&1"
 
 
 rule sample_losses:

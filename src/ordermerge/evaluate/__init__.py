@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,10 @@ from typing import Any
 import torch
 
 from .. import OrdermergeError, __version__
+from ..config import BENCHMARK_SETTINGS as KEYS
+from ..config import BENCHMARKS
 from ..safetensors_io import folder_fingerprint
 from ..text import encode, format_prompt, read_jsonl, write_jsonl
-
-BENCHMARKS = ("response_loss", "gsm8k", "humaneval", "lm_eval")
-KEYS = {
-    "response_loss": {"data", "batch_size", "max_length", "system_prompt", "limit"},
-    "gsm8k": {"data", "batch_size", "max_new_tokens", "system_prompt", "limit", "fewshot_path",
-              "fewshot_k"},
-    "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
-                  "timeout", "chat", "seed"},
-    "lm_eval": {"tasks", "include_path", "limit", "batch_size"},
-}
 
 
 def bootstrap_ci(scores: list[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -139,9 +132,11 @@ def _lm_eval(model_dir: Path, cfg: dict[str, Any]):
 
 
 def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir: str | Path,
-             name: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run one benchmark on one model folder; write `{name}.json` and `{name}.items.jsonl`."""
-    from ..models import load_model, load_tokenizer
+             name: str | None = None, progress: bool = True,
+             loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run one benchmark on one model folder; write `{name}.json` and `{name}.items.jsonl`.
+
+    `loaded` = (model, tokenizer) already in memory (evaluate_suite loads them once)."""
 
     if benchmark not in BENCHMARKS:
         raise OrdermergeError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
@@ -157,8 +152,7 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     else:
         if benchmark in ("response_loss", "gsm8k") and "data" not in cfg:
             raise OrdermergeError(f"benchmark {benchmark}: setting 'data' (a test JSONL) is required")
-        tok = load_tokenizer(str(model_dir))
-        model = load_model(model_dir, dtype=torch.float32, device=_device())  # fp32: see DESIGN
+        model, tok = loaded or _load(model_dir)
         fn = {"response_loss": _response_loss, "gsm8k": _gsm8k, "humaneval": _humaneval}[benchmark]
         metric, items, speed = fn(model, tok, cfg, progress)
     scores = [it["score"] for it in items]
@@ -177,3 +171,41 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     tmp.replace(out_dir / f"{name}.json")  # written last: its presence means the items are complete
     return result
+
+
+def _load(model_dir: Path) -> tuple[Any, Any]:
+    from ..models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(model_dir))
+    return load_model(model_dir, dtype=torch.float32, device=_device()), tok  # fp32: see DESIGN
+
+
+def evaluate_suite(model_dir: str | Path, suite: dict[str, dict[str, Any]], out_dir: str | Path,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Every benchmark of `suite` ({name: {"benchmark": ..., "settings": {...}}}) on one model,
+    loaded once. The folder is built beside `out_dir` and renamed into place when all are done,
+    so it is absent or complete, never half-evaluated."""
+    from ..atomic import partial_path
+    from ..safetensors_io import publish_dir
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not suite:
+        raise OrdermergeError("evaluate --suite: no benchmarks given")
+    for name, spec in suite.items():
+        if not isinstance(spec, dict) or spec.get("benchmark") not in BENCHMARKS:
+            raise OrdermergeError(f"evaluate --suite: {name}: expected {{\"benchmark\": one of "
+                                  f"{', '.join(BENCHMARKS)}, \"settings\": {{...}}}}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        loaded = None
+        if any(s["benchmark"] != "lm_eval" for s in suite.values()):
+            loaded = _load(model_dir)
+        results = [evaluate(model_dir, spec["benchmark"], dict(spec.get("settings", {})), tmp, name,
+                            progress, loaded) for name, spec in suite.items()]
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return results

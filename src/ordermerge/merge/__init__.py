@@ -1,6 +1,23 @@
-"""Merging N sub-models of one base: strategy registry and streaming engine."""
+"""Merging N sub-models of one base: strategy registry and streaming engine.
 
-from .engine import merge, parse_params, tensor_generator
-from .strategies import REGISTRY, Group, Merged
+Attributes load lazily so that `ordermerge.merge.params` (config validation) does not import
+torch."""
 
-__all__ = ["REGISTRY", "Group", "Merged", "merge", "parse_params", "tensor_generator"]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {
+    "merge": "engine",
+    "tensor_generator": "engine",
+    "parse_params": "params",
+    "REGISTRY": "strategies",
+    "Group": "strategies",
+    "Merged": "strategies",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

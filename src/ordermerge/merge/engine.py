@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
+from ..atomic import clear_stale_partials, partial_path
 from ..safetensors_io import (
     CheckpointReader,
     ShardedWriter,
@@ -22,6 +22,7 @@ from ..safetensors_io import (
     publish_dir,
     sha256_file,
 )
+from .params import parse_params
 from .strategies import REGISTRY, Group
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
@@ -45,50 +46,6 @@ def tensor_generator(seed: int, name: str) -> torch.Generator:
     sharding and threads, and stable across Python processes (unlike hash())."""
     digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def _coerce(value: Any, kind: type) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-        raise ValueError
-    if isinstance(value, bool):
-        raise ValueError
-    return kind(value)
-
-
-def parse_params(strategy: str, params: dict[str, Any] | None) -> dict[str, Any]:
-    """Validate a strategy's parameters, fill defaults; OrdermergeError names the bad one."""
-    if strategy not in REGISTRY:
-        raise OrdermergeError(
-            f"unknown strategy {strategy!r}; expected one of {', '.join(sorted(REGISTRY))}"
-        )
-    spec = REGISTRY[strategy].params
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        known = ", ".join(sorted(spec)) or "none"
-        raise OrdermergeError(
-            f"strategy {strategy}: unknown parameter {unknown[0]!r} (accepted: {known})"
-        )
-    out = {}
-    for key, p in spec.items():
-        value = params.get(key, p.default)
-        try:
-            value = _coerce(value, p.kind)
-            ok = p.check(value)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise OrdermergeError(
-                f"strategy {strategy}: parameter {key}={params.get(key)!r} must be {p.expect}"
-            )
-        out[key] = value
-    return out
 
 
 def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[float]:
@@ -201,7 +158,8 @@ def merge(
     specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    clear_stale_partials(out)  # left by a merge that was killed (kill -9, OOM killer)
+    tmp = partial_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     zero = {i: {} for i in range(len(models))}
@@ -245,6 +203,12 @@ def merge(
         }
         (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
         publish_dir(tmp, out)
+    except OSError as e:  # disk full, quota, I/O error: one line, and nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({e.filename})" if e.filename else ""
+        raise OrdermergeError(
+            f"{out}: merge failed: {e.strerror or e}{where}; no output was left behind"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

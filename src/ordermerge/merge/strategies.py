@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 import torch
+
+from .params import PARAMS, Param
 
 
 @dataclass
@@ -45,14 +46,6 @@ class Merged:
 
 
 @dataclass(frozen=True)
-class Param:
-    default: Any
-    kind: type
-    check: Callable[[Any], bool] = lambda v: True
-    expect: str = ""
-
-
-@dataclass(frozen=True)
 class Strategy:
     fn: Callable[..., Merged]
     params: dict[str, Param] = field(default_factory=dict)
@@ -62,17 +55,14 @@ class Strategy:
 REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str, normalise_weights: bool = True, **params: Param):
+def register(name: str, normalise_weights: bool = True):
     def deco(fn: Callable[..., Merged]) -> Callable[..., Merged]:
-        REGISTRY[name] = Strategy(fn, params, normalise_weights)
+        REGISTRY[name] = Strategy(fn, PARAMS[name], normalise_weights)
         return fn
 
     return deco
 
 
-_LAMBDA = Param(1.0, float, lambda v: v > 0, "a positive number")
-_DENSITY = Param(0.2, float, lambda v: 0 < v <= 1, "in (0, 1]")
-_DROP = Param(0.9, float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 @register("weighted_average")
@@ -107,7 +97,7 @@ def _select(g: Group, w: list[float], gen: torch.Generator, resample: bool) -> M
     return Merged(out, counts)
 
 
-@register("parameter_selection", resample=Param(False, bool, expect="true or false"))
+@register("parameter_selection")
 def parameter_selection(
     g: Group, w: list[float], gen: torch.Generator, resample: bool = False
 ) -> Merged:
@@ -121,7 +111,7 @@ def parameter_selection(
     return _select(g, w, gen, resample)
 
 
-@register("task_arithmetic", normalise_weights=False, **{"lambda": _LAMBDA})
+@register("task_arithmetic", normalise_weights=False)
 def task_arithmetic(g: Group, w: list[float], gen: torch.Generator, **p: float) -> Merged:
     """θ = θ0 + λ Σ_i w_i τ_i (weights as given, default 1; Ilharco et al. 2023)."""
     acc = g.base.to(g.compute_dtype).clone()
@@ -158,7 +148,7 @@ def _disjoint_mean(taus: list[torch.Tensor], w: list[float]) -> torch.Tensor:
     return acc / count.clamp(min=1.0)
 
 
-@register("ties", normalise_weights=False, density=_DENSITY, **{"lambda": _LAMBDA})
+@register("ties", normalise_weights=False)
 def ties(g: Group, w: list[float], gen: torch.Generator, **p: float) -> Merged:
     """θ = θ0 + λ·disjoint_mean(trim_density(τ_i)) (Yadav et al. 2023, TIES-merging).
 
@@ -179,7 +169,7 @@ def _dare(g: Group, gen: torch.Generator, p: float) -> list[torch.Tensor]:
     return out
 
 
-@register("dare_linear", normalise_weights=False, drop_rate=_DROP, **{"lambda": _LAMBDA})
+@register("dare_linear", normalise_weights=False)
 def dare_linear(g: Group, w: list[float], gen: torch.Generator, **p: float) -> Merged:
     """θ = θ0 + λ Σ_i w_i τ̃_i, τ̃_i = τ_i ⊙ m_i / (1−p), m_i ~ Bernoulli(1−p) (Yu et al. 2024)."""
     acc = g.base.to(g.compute_dtype).clone()
@@ -188,7 +178,7 @@ def dare_linear(g: Group, w: list[float], gen: torch.Generator, **p: float) -> M
     return Merged(acc)
 
 
-@register("dare_ties", normalise_weights=False, drop_rate=_DROP, **{"lambda": _LAMBDA})
+@register("dare_ties", normalise_weights=False)
 def dare_ties(g: Group, w: list[float], gen: torch.Generator, **p: float) -> Merged:
     """θ = θ0 + λ·disjoint_mean(τ̃_i): DARE's random drop and rescale, then TIES's sign election."""
     taus = _dare(g, gen, p["drop_rate"])

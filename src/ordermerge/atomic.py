@@ -1,0 +1,63 @@
+"""Outputs that are, at every moment, absent or complete: write beside, then rename.
+
+A killed writer leaves only a hidden sibling named `.NAME.partial-PID` (or `.NAME.old-PID` from
+publish_dir), never a truncated NAME; the next writer of NAME removes the siblings whose
+process is gone, so `kill -9` leaves no litter behind a rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_partials(path: str | Path) -> list[Path]:
+    """Remove `.NAME.partial-PID` / `.NAME.old-PID` siblings of `path` whose PID is dead."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:partial|old)-(\d+)$")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def partial_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.parent / f".{path.name}.partial-{os.getpid()}"
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_partials(path)
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,211 @@
+"""Malformed configs are refused before any job with one line naming the key; schema and code
+agree on every key."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from ordermerge import OrdermergeError
+from ordermerge.config import BENCHMARK_SETTINGS, BENCHMARKS, SCHEMA, load_config, validate_config
+
+TINY = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+E = ("experiments", "tiny")
+
+
+def setp(path: tuple, value: Any) -> Callable[[dict], None]:
+    def mutate(c: dict) -> None:
+        d = c
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+
+    return mutate
+
+
+def rename_experiment(c: dict) -> None:
+    c["experiments"]["my-exp"] = c["experiments"].pop("tiny")
+
+
+def add_merge(name: str, spec: dict) -> Callable[[dict], None]:
+    return lambda c: c["merges"].__setitem__(name, spec)
+
+
+def set_data(**kv: Any) -> Callable[[dict], None]:
+    return lambda c: c["experiments"]["tiny"]["data"].update(kv)
+
+
+# (case, mutation of the tiny config, the message's exact start)
+CASES = [
+    ("results is a number", setp(("results",), 3), "config key results: 3 is not of type 'string'"),
+    ("results escapes the working directory", setp(("results",), "../elsewhere"),
+     "config key results: '../elsewhere' must be a relative path inside the working directory"),
+    ("results is absolute", setp(("results",), "/tmp/out"), "config key results: '/tmp/out' does not match"),
+    ("unknown top-level key", setp(("reslts",), "x"), "config key (top level): unknown key ('reslts' was unexpected)"),
+    ("unknown experiment key", setp((*E, "sfft"), {}), "config key experiments.tiny: unknown key ('sfft' was unexpected)"),
+    ("unknown SFT key", setp((*E, "sft", "learning_rate"), 1e-4),
+     "config key experiments.tiny.sft: unknown key ('learning_rate' was unexpected)"),
+    ("no experiments", setp(("experiments",), {}), "config key experiments: {} should be non-empty"),
+    ("experiments is a list", setp(("experiments",), ["tiny"]), "config key experiments: ['tiny'] is not of type 'object'"),
+    ("experiment name breaks wildcards", rename_experiment, "config key experiments: 'my-exp' does not match"),
+    ("zero orders", setp((*E, "orders", "n"), 0), "config key experiments.tiny.orders.n: 0 is less than the minimum of 2"),
+    ("negative orders", setp((*E, "orders", "n"), -3), "config key experiments.tiny.orders.n: -3 is less than the minimum of 2"),
+    ("orders as a word", setp((*E, "orders", "n"), "three"), "config key experiments.tiny.orders.n: 'three' is not of type 'integer'"),
+    ("fractional orders", setp((*E, "orders", "n"), 3.5), "config key experiments.tiny.orders.n: 3.5 is not of type 'integer'"),
+    ("zero epochs", setp((*E, "orders", "epochs"), 0), "config key experiments.tiny.orders.epochs: 0 is less than the minimum of 1"),
+    ("unknown order mode", setp((*E, "orders", "mode"), "random"), "config key experiments.tiny.orders.mode: 'random' is not one of"),
+    ("zero learning rate", setp((*E, "sft", "lr"), 0), "config key experiments.tiny.sft.lr: 0 is less than or equal to the minimum of 0"),
+    ("learning rate as text", setp((*E, "sft", "lr"), "1e-3x"), "config key experiments.tiny.sft.lr: '1e-3x' is not of type 'number'"),
+    ("zero batch size", setp((*E, "sft", "batch_size"), 0), "config key experiments.tiny.sft.batch_size: 0 is less than the minimum of 1"),
+    ("misspelled schedule", setp((*E, "sft", "schedule"), "cosin"), "config key experiments.tiny.sft.schedule: 'cosin' is not one of"),
+    ("zero training samples", setp((*E, "data", "train_size"), 0),
+     "config key experiments.tiny.data.train_size: 0 is less than the minimum of 1"),
+    ("unknown data format", setp((*E, "data", "format"), "csv"), "config key experiments.tiny.data.format: 'csv' is not one of"),
+    ("missing dataset file", set_data(format="alpaca", path="data/missing.jsonl"),
+     "config key experiments.tiny.data.path: file data/missing.jsonl does not exist"),
+    ("dataset path missing", set_data(format="alpaca"), "config key experiments.tiny.data.path: required for format alpaca"),
+    ("unknown base dtype", setp((*E, "base", "dtype"), "fp8"), "config key experiments.tiny.base.dtype: 'fp8' is not one of"),
+    ("misspelled strategy", setp(("merges", "ties", "method"), "tie"), "config key merges.ties.method: 'tie' is not one of"),
+    ("misspelled selection", setp(("merges", "selection", "method"), "parameter_selections"),
+     "config key merges.selection.method: 'parameter_selections' is not one of"),
+    ("misspelled merge parameter", setp(("merges", "ties", "params"), {"densty": 0.5}),
+     "config key merges.ties.params: unknown key ('densty' was unexpected)"),
+    ("parameter of another method", setp(("merges", "ties", "params"), {"resample": True}),
+     "config key merges.ties.params: strategy ties: unknown parameter 'resample' (accepted: density, lambda)"),
+    ("resample as text", setp(("merges", "selection", "params"), {"resample": "yes"}),
+     "config key merges.selection.params.resample: 'yes' is not of type 'boolean'"),
+    ("TIES density 1.5", setp(("merges", "ties", "params"), {"density": 1.5}),
+     "config key merges.ties.params.density: 1.5 is greater than the maximum of 1"),
+    ("DARE drop rate 1", add_merge("dare", {"method": "dare_ties", "params": {"drop_rate": 1.0}}),
+     "config key merges.dare.params.drop_rate: 1.0 is greater than or equal to the maximum of 1"),
+    ("negative DARE drop rate", add_merge("dare", {"method": "dare_linear", "params": {"drop_rate": -0.1}}),
+     "config key merges.dare.params.drop_rate: -0.1 is less than the minimum of 0"),
+    ("weights of the wrong length", setp(("merges", "average", "weights"), [0.5, 0.5]),
+     "config key merges.average.weights: 2 weights for 3 orders (experiments.tiny.orders.n)"),
+    ("negative weight", setp(("merges", "average", "weights"), [1, -1, 1]),
+     "config key merges.average.weights.1: -1 is less than or equal to the minimum of 0"),
+    ("no merges", setp(("merges",), {}), "config key merges: {} should be non-empty"),
+    ("merge name breaks wildcards", add_merge("my-merge", {"method": "ties"}), "config key merges: 'my-merge' does not match"),
+    ("duplicate merge seeds", setp(("merge_seeds",), [0, 0]), "config key merge_seeds: [0, 0] has non-unique elements"),
+    ("no merge seeds", setp(("merge_seeds",), []), "config key merge_seeds: [] should be non-empty"),
+    ("duplicate ablation sizes", setp(("ablation", "sizes"), [2, 2]), "config key ablation.sizes: [2, 2] has non-unique elements"),
+    ("ablation size = N", setp(("ablation", "sizes"), [3]), "config key ablation.sizes: 3 must be below experiments.tiny.orders.n = 3"),
+    ("unknown ablation strategy", setp(("ablation", "strategies"), ["selection_resampl"]),
+     "config key ablation.strategies: 'selection_resampl' is not a name under merges"),
+    ("unknown benchmark", setp(("benchmarks", "gsm_id", "benchmark"), "gsm9k"), "config key benchmarks.gsm_id.benchmark: 'gsm9k' is not one of"),
+    ("unknown benchmark setting", setp(("benchmarks", "gsm_id", "settings"), {"limt": 4}),
+     "config key benchmarks.gsm_id.settings: unknown setting 'limt' for benchmark gsm8k"),
+    ("unknown split", setp(("benchmarks", "loss_id", "split"), "test"), "config key benchmarks.loss_id.split: 'test' is not one of"),
+    ("unknown model set", setp(("benchmarks", "gsm_id", "models"), "some"), "config key benchmarks.gsm_id.models: 'some' is not one of"),
+    ("test_ood without gsm_symbolic", set_data(format="alpaca", path="configs/tiny.yaml"),
+     "config key benchmarks.loss_ood.split: test_ood exists only for gsm_symbolic (experiments.tiny)"),
+]
+
+
+@pytest.mark.parametrize("mutate,expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_malformed_config_is_one_line_naming_the_key(mutate, expect, monkeypatch):
+    monkeypatch.chdir(ROOT)  # relative dataset paths resolve against the working directory
+    cfg = copy.deepcopy(TINY)
+    mutate(cfg)
+    with pytest.raises(OrdermergeError) as err:
+        validate_config(cfg)
+    msg = str(err.value)
+    assert msg.startswith(expect) and "\n" not in msg, msg
+
+
+def test_at_least_25_distinct_cases():
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_a_config_that_is_not_a_mapping_and_unreadable_files(tmp_path):
+    with pytest.raises(OrdermergeError, match=r"^config: expected a mapping at the top level$"):
+        validate_config(["tiny"])
+    (tmp_path / "bad.yaml").write_text("experiments: [unclosed\n")
+    with pytest.raises(OrdermergeError, match=r"bad.yaml: invalid YAML \(while parsing"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(OrdermergeError, match=r"nope.yaml: cannot read \(No such file or directory\)"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_configs_validate(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for f in ("config.yaml", "configs/tiny.yaml", "configs/paper.yaml"):
+        load_config(ROOT / f)
+
+
+def _properties(schema: dict, path: str = "") -> list[tuple[str, dict, bool]]:
+    """(dotted key, its schema, required?) for every named property, at every depth."""
+    out = []
+    required = set(schema.get("required", []))
+    for k, sub in schema.get("properties", {}).items():
+        out.append((f"{path}{k}", sub, k in required))
+        out += _properties(sub, f"{path}{k}.")
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        out += _properties(extra, f"{path}*.")
+    return out
+
+
+# Optional keys without a default, and why: their absence means something a default can't say.
+NO_DEFAULT = {
+    "experiments.*.base.tiny": "only for spec: tiny",
+    "experiments.*.data.path": "required or not depending on the format (checked in code)",
+    "experiments.*.data.test_path": "absent = held out from path",
+    "experiments.*.data.columns": "absent = the format's own column names",
+    "merges.*.params.resample": "per-method defaults live in ordermerge.merge.params",
+    "merges.*.params.lambda": "per-method defaults live in ordermerge.merge.params",
+    "merges.*.params.density": "per-method defaults live in ordermerge.merge.params",
+    "merges.*.params.drop_rate": "per-method defaults live in ordermerge.merge.params",
+    "merges.*.weights": "absent = uniform",
+    "ablation.strategies": "absent = every merge",
+}
+
+
+def test_every_schema_key_has_a_description_and_optional_keys_a_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    props = _properties(schema)
+    assert len(props) > 50
+    missing_desc = [k for k, s, _ in props if not s.get("description")]
+    assert not missing_desc
+    no_default = {k for k, s, req in props if not req and "default" not in s and s.get("type") != "object"}
+    no_default |= {k for k, s, req in props if not req and "default" not in s and s.get("type") == "object"
+                   and "properties" not in s}
+    assert no_default <= set(NO_DEFAULT) | {k for k in no_default if k.startswith("experiments.*.base.tiny.")}, \
+        no_default - set(NO_DEFAULT)
+
+
+def test_schema_and_code_agree():
+    from ordermerge.merge.params import PARAMS
+    from ordermerge.sft import SFTConfig
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    exp = schema["properties"]["experiments"]["additionalProperties"]["properties"]
+    sft_keys = set(exp["sft"]["properties"])
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    # epochs comes from the order file (orders.epochs); max_steps is a library-only cap that
+    # the benchmarks use to time a few steps
+    assert sft_keys == fields - {"epochs", "max_steps"}, sft_keys ^ fields
+    for f in dataclasses.fields(SFTConfig):
+        if f.name in sft_keys:
+            assert exp["sft"]["properties"][f.name]["default"] == f.default, f.name
+    merge = schema["properties"]["merges"]["additionalProperties"]["properties"]
+    assert set(merge["method"]["enum"]) == set(PARAMS)
+    assert set(merge["params"]["properties"]) == {p for spec in PARAMS.values() for p in spec}
+    bench = schema["properties"]["benchmarks"]["additionalProperties"]["properties"]
+    assert tuple(bench["benchmark"]["enum"]) == BENCHMARKS == tuple(BENCHMARK_SETTINGS)
+
+
+def test_validating_a_config_does_not_import_torch():
+    # Every Snakemake parse validates the config (twice inside each cluster job): keep it light.
+    code = ("import sys; from ordermerge.config import load_config; load_config('configs/paper.yaml');"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

@@ -1,0 +1,203 @@
+"""SLURM: the profile's sbatch lines (no cluster needed), and the tiny pipeline on a real
+one-node SLURM cluster (tests/slurm/cluster.sh), with an SFT job cancelled mid-training."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from conftest import ROOT, SNAKEMAKE, make_workdir
+
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+REQUIRED = os.environ.get("ORDERMERGE_REQUIRE_SLURM") == "1"
+
+
+class _Resources(dict):
+    """What the plugin reads from job.resources: .get() and attribute access."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _value(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def dry_run_resources(workdir: Path, *args: str) -> dict[str, tuple[int, _Resources]]:
+    """rule -> (threads, resources) of its first job, as Snakemake's dry run evaluates them."""
+    env = {**os.environ, "SLURM_ACCOUNT": "proj42", "SLURM_PARTITION": "gpu"}
+    res = subprocess.run([*SNAKEMAKE, "-n", "--workflow-profile", "profiles/slurm", *args],
+                         cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        r = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if not m or not r or m.group(1) in out:
+            continue
+        t = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        pairs = (kv.split("=", 1) for kv in r.group(1).split(", "))
+        out[m.group(1)] = (int(t.group(1)) if t else 1, _Resources({k: _value(v) for k, v in pairs}))
+    return out
+
+
+def sbatch_line(rule: str, threads: int, resources: _Resources) -> str:
+    """The plugin's own submit string (account/partition args as the plugin formats them)."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    job = SimpleNamespace(resources=resources, threads=threads, name=rule)
+    params = {"run_uuid": "RUN", "slurm_logfile": "LOG", "comment_str": f"rule_{rule}",
+              "account": f" -A {resources['slurm_account']}",
+              "partition": f" -p {resources['slurm_partition']}", "workdir": "WD"}
+    return re.sub(r"\s+", " ", get_submit_command(job, params) + set_gres_string(job)).strip()
+
+
+PREFIX = "sbatch --parsable --job-name RUN --output LOG --export=ALL --comment rule_{} -A proj42 -p gpu"
+EXPECTED = {
+    "sft": " -t 360 --mem 64000 --cpus-per-task=8 -D WD --gpus=1",
+    "evaluate": " -t 120 --mem 32000 --cpus-per-task=8 -D WD --gpus=1",
+    "sample_losses": " -t 60 --mem 32000 --cpus-per-task=4 -D WD --gpus=1",
+    "merge": " -t 30 --mem <TBD> --ntasks=1 --cpus-per-task=4 -D WD",
+    "prepare_base": " -t 60 --mem 64000 --ntasks=1 --cpus-per-task=2 -D WD",
+    "prepare_data": " -t 60 --mem 8000 --ntasks=1 --cpus-per-task=2 -D WD",
+    "make_order": " -t 60 --mem 8000 --ntasks=1 --cpus-per-task=2 -D WD",
+}
+
+
+def test_sbatch_command_lines_of_the_paper_profile(tmp_path):
+    wd = make_workdir(tmp_path / "wd", yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    jobs = dry_run_resources(wd)
+    for rule, tail in EXPECTED.items():
+        assert sbatch_line(rule, *jobs[rule]) == PREFIX.format(rule) + tail, rule
+    # aggregate and figures are local rules: never submitted
+    assert {"aggregate", "figures"} <= set(jobs)
+
+
+def test_gpu_model_and_gres_variants_reach_sbatch(tmp_path):
+    wd = make_workdir(tmp_path / "wd", yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    model = dry_run_resources(wd, "--set-resources", "sft:gpu=4", "sft:gpu_model=a100")
+    assert sbatch_line("sft", *model["sft"]).endswith("-D WD --gpus=a100:4")
+    gres = dry_run_resources(wd, "--set-resources", "sft:gres=gpu:h100:2")
+    line = sbatch_line("sft", *gres["sft"])
+    assert line.endswith("-D WD --gres=gpu:h100:2") and "--gpus" not in line
+    # the GPU count is also the number of torchrun ranks the SFT job starts
+    dry = subprocess.run([*SNAKEMAKE, "-n", "-p", "--workflow-profile", "profiles/slurm",
+                          "--set-resources", "sft:gpu=4"], cwd=wd, capture_output=True, text=True,
+                         env={**os.environ, "SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p"}, timeout=300)
+    assert "--nproc 4 --out" in dry.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# A real cluster
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    res = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        reason = (res.stderr.strip().splitlines() or ["cluster.sh start failed"])[-1]
+        if REQUIRED:
+            pytest.fail(f"ORDERMERGE_REQUIRE_SLURM=1 but the SLURM cluster did not start: {reason}")
+        pytest.skip(f"no SLURM cluster on this machine: {reason}")
+    conf = subprocess.run(["bash", str(CLUSTER), "env"], capture_output=True, text=True).stdout
+    env = dict(line.split("=", 1) for line in conf.split())
+    yield env
+
+
+# CPU overrides of the profile's GPU requests: one CPU and at most 3 GB per job, so two jobs
+# share this 2-core machine. The command-line lists replace the profile's.
+CPU_OVERRIDES = [
+    "--default-resources", "slurm_account=ordermerge-ci", "slurm_partition=debug", "mem_mb=2000",
+    "runtime=30", "cpus_per_task=1",
+    "--set-resources", "sft:gpu=0", "sft:mem_mb=3000", "sample_losses:gpu=0",
+    "evaluate:gpu=0", "evaluate:mem_mb=3000", "prepare_base:mem_mb=3000",
+    "--set-threads", "sft=1", "sample_losses=1", "evaluate=1", "merge=1",
+    "--slurm-init-seconds-before-status-checks", "5",
+]
+
+
+def _squeue(env: dict[str, str]) -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%k"], capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=30).stdout
+    return [tuple(line.split("|", 2)) for line in out.splitlines() if line.count("|") == 2]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_on_slurm_with_a_cancelled_sft_job(slurm_cluster, tiny_run, tmp_path):
+    env = {**os.environ, **slurm_cluster}
+    wd = make_workdir(tmp_path / "wd")
+    cmd = [*SNAKEMAKE, "--workflow-profile", "profiles/slurm", *CPU_OVERRIDES]
+    log = open(tmp_path / "snakemake.log", "w")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=wd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    ckpt = wd / "results/tiny/scratch/order1/ckpt.pt"
+    cancelled = None
+    try:
+        while proc.poll() is None and cancelled is None and time.monotonic() - t0 < 1500:
+            if ckpt.exists():
+                ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_tiny_1"]
+                subprocess.run(["scancel", ids[-1]], env=env, check=True, timeout=30)
+                cancelled = ids[-1]
+            time.sleep(0.2)
+        rc = proc.wait(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    seconds = time.monotonic() - t0
+    text = (tmp_path / "snakemake.log").read_text()
+    assert rc == 0, text[-6000:]
+    assert cancelled, "order 1's SFT finished before its first checkpoint could be cancelled"
+
+    # Every job except the local rules went through SLURM, order 1's SFT twice.
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", text)
+    local = len(re.findall(r"^localrule (aggregate|figures):", text, re.M))
+    done = re.search(r"(\d+) of (\d+) steps \(100%\) done", text)
+    assert done and local == 2, text[-3000:]
+    assert len(submitted) == int(done.group(2)) - local - 1 + 1  # - rule all, + the retry
+    states = {i: s for i, s, _ in _squeue(slurm_cluster)}
+    assert states[cancelled] == "CANCELLED"
+    assert all(states[i] == "COMPLETED" for i in submitted if i != cancelled), states
+    sft1 = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_tiny_1"]
+    assert len(set(sft1) & set(submitted)) == 2
+
+    # The retry resumed from the checkpoint, and the weights equal the uninterrupted local run's.
+    sft_log = (wd / "results/tiny/logs/sft_order1.log").read_text()
+    assert re.search(r"resuming from checkpoint at step [24] ", sft_log), sft_log[-2000:]
+    res, ref = wd / "results/tiny", tiny_run / "results/tiny"
+    for k in (1, 2, 3):
+        assert (res / f"orders/order{k}.json").read_bytes() == (ref / f"orders/order{k}.json").read_bytes()
+        a = res / f"sft/order{k}/model/model.safetensors"
+        assert a.read_bytes() == (ref / f"sft/order{k}/model/model.safetensors").read_bytes(), k
+    for strategy in ("selection_resample", "ties"):
+        rel = f"merged/{strategy}/n3/s0/model/model.safetensors"
+        assert (res / rel).read_bytes() == (ref / rel).read_bytes(), strategy
+    items = sorted(p.relative_to(res) for p in (res / "eval").rglob("*.items.jsonl"))
+    assert len(items) == 26  # 9 models x 2 loss benchmarks + 8 main models x GSM
+    for rel in items:
+        assert (res / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    for f in ("tables/main.md", "figures/main.png", "figures/imbalance.png"):
+        assert (res / f).stat().st_size > 0
+
+    # The merge jobs asked SLURM for the memory the rule computed from the base's largest tensor.
+    numel = max(128 * 49152, 256 * 128)  # tied embedding (vocab x hidden) is the largest tensor
+    for m in (2, 3):
+        want = 1024 + -(-(m + 1) * 12 * numel // 2**20)
+        ids = [i for i, _, c in _squeue(slurm_cluster)
+               if c.startswith("rule_merge_wildcards_tiny_") and f"_{m}_" in c]
+        assert ids
+        for i in ids:
+            show = subprocess.run(["scontrol", "show", "job", i], capture_output=True, text=True,
+                                  env=env, timeout=30).stdout
+            assert f"MinMemoryNode={want}M" in show, show
+
+    again = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    assert "submitted with SLURM jobid" not in again.stdout + again.stderr
+    print(f"tiny pipeline through SLURM: {seconds:.0f} s, {len(submitted)} SLURM jobs")
