@@ -113,13 +113,14 @@ def test_bad_sft_inputs(tiny_base, tiny_data, order_file, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_keep_the_global_order(tiny_base, tiny_data, order_file, tmp_path):
     cfg = json.dumps({**CFG, "batch_size": 2})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "ordermerge", "-q", "sft", "--base", str(tiny_base), "--data",
+    # --nproc 2 (what the SFT rule passes from resources.gpu) re-runs the command under torchrun
+    cmd = [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(tiny_base), "--data",
            str(tiny_data / "train.jsonl"), "--order", str(order_file), "--config", cfg,
-           "--out", str(tmp_path / "ddp")]
+           "--nproc", "2", "--out", str(tmp_path / "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "torch.distributed.run --standalone --nproc_per_node=2 -m ordermerge -q sft" in res.stdout
     log = [json.loads(x) for x in (tmp_path / "ddp/train_log.jsonl").read_text().splitlines()]
     order = json.loads(order_file.read_text())["epochs"]
     assert [i for r in log for i in r["ids"]] == order[0] + order[1]
