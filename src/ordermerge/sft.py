@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
+from .atomic import atomic_dir
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
-from .safetensors_io import publish_dir
 from .text import IGNORE, collate, encode, read_jsonl
 
 SFT_META = "ordermerge_sft.json"
@@ -230,25 +230,23 @@ def train(
 
 
 def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data) -> None:
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = model.to("cpu", save_dtype)
     model.config.dtype = str(save_dtype).removeprefix("torch.")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    with open(tmp / "train_log.jsonl", "w") as f:
-        for rec in log:
-            f.write(json.dumps(rec) + "\n")
-    fp = base / FINGERPRINT
-    meta = {
-        "base": str(base),
-        "base_weights_sha256": json.loads(fp.read_text())["weights_sha256"] if fp.exists() else None,
-        "order_file": str(order_path),
-        "data": str(data),
-        "config": asdict(cfg),
-    }
-    (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    publish_dir(tmp, out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        with open(tmp / "train_log.jsonl", "w") as f:
+            for rec in log:
+                f.write(json.dumps(rec) + "\n")
+        fp = base / FINGERPRINT
+        meta = {
+            "base": str(base),
+            "base_weights_sha256": json.loads(fp.read_text())["weights_sha256"] if fp.exists() else None,
+            "order_file": str(order_path),
+            "data": str(data),
+            "config": asdict(cfg),
+        }
+        (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Path,

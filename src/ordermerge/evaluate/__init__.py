@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -185,8 +184,7 @@ def evaluate_suite(model_dir: str | Path, suite: dict[str, dict[str, Any]], out_
     """Every benchmark of `suite` ({name: {"benchmark": ..., "settings": {...}}}) on one model,
     loaded once. The folder is built beside `out_dir` and renamed into place when all are done,
     so it is absent or complete, never half-evaluated."""
-    from ..atomic import partial_path
-    from ..safetensors_io import publish_dir
+    from ..atomic import atomic_dir
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not suite:
@@ -195,17 +193,10 @@ def evaluate_suite(model_dir: str | Path, suite: dict[str, dict[str, Any]], out_
         if not isinstance(spec, dict) or spec.get("benchmark") not in BENCHMARKS:
             raise OrdermergeError(f"evaluate --suite: {name}: expected {{\"benchmark\": one of "
                                   f"{', '.join(BENCHMARKS)}, \"settings\": {{...}}}}")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         loaded = None
         if any(s["benchmark"] != "lm_eval" for s in suite.values()):
             loaded = _load(model_dir)
         results = [evaluate(model_dir, spec["benchmark"], dict(spec.get("settings", {})), tmp, name,
                             progress, loaded) for name, spec in suite.items()]
-        publish_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return results

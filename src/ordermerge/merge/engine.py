@@ -14,12 +14,11 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
-from ..atomic import clear_stale_partials, partial_path
+from ..atomic import atomic_dir
 from ..safetensors_io import (
     CheckpointReader,
     ShardedWriter,
     folder_fingerprint,
-    publish_dir,
     sha256_file,
 )
 from .params import parse_params
@@ -157,61 +156,54 @@ def merge(
         out_dtype[n] = DTYPE_BY_NAME[dtype] if dtype and d.is_floating_point else d
     specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clear_stale_partials(out)  # left by a merge that was killed (kill -9, OOM killer)
-    tmp = partial_path(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     zero = {i: {} for i in range(len(models))}
     picks = torch.zeros(len(models), dtype=torch.long)
     total_elems = 0
     bytes_in = 0
     try:
-        writer = ShardedWriter(tmp, specs, max_shard_size)
-        for name in tqdm(names, desc=f"merge {strategy}", unit="tensor", disable=not progress):
-            g = Group(name, _load(base_r, name), [_load(r, name) for r in model_rs])
-            bytes_in += base_r.infos[name].nbytes * (1 + len(models))
-            numel = g.base.numel()
-            total_elems += numel
-            if g.base.is_floating_point():
-                for i, ch in enumerate(g.changed):
-                    zero[i][name] = numel - int(ch.sum())
-                res = fn(g, w, tensor_generator(seed, name), **params)
-                merged = res.tensor
-                if res.picks is not None:
-                    picks += res.picks
-            else:  # integer buffers (e.g. position ids) are not parameters: keep the base's
-                merged = g.base
-                for i in range(len(models)):
-                    zero[i][name] = numel
-            writer.write(name, merged.to(out_dtype[name]).contiguous())
-            del g, merged
-        writer.close()
-        shapes = {n: base_r.infos[n].shape for n in names}
-        floats = [base_r.infos[n].dtype for n in names if base_r.infos[n].dtype.is_floating_point]
-        input_dtype = str(floats[0]).removeprefix("torch.") if floats else "none"
-        meta = _finish(
-            tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes, input_dtype
-        )
-        meta["elements"] = total_elems
-        elapsed = time.perf_counter() - t0
-        meta["summary"] = {
-            "tensors": len(names),
-            "bytes_read": bytes_in,
-            "bytes_written": writer.bytes_written,
-            "seconds": round(elapsed, 3),
-        }
-        (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
-        publish_dir(tmp, out)
+        # a merge killed by kill -9 or the OOM killer leaves only a hidden partial folder,
+        # removed by the next merge into `out`
+        with atomic_dir(out) as tmp:
+            writer = ShardedWriter(tmp, specs, max_shard_size)
+            for name in tqdm(names, desc=f"merge {strategy}", unit="tensor", disable=not progress):
+                g = Group(name, _load(base_r, name), [_load(r, name) for r in model_rs])
+                bytes_in += base_r.infos[name].nbytes * (1 + len(models))
+                numel = g.base.numel()
+                total_elems += numel
+                if g.base.is_floating_point():
+                    for i, ch in enumerate(g.changed):
+                        zero[i][name] = numel - int(ch.sum())
+                    res = fn(g, w, tensor_generator(seed, name), **params)
+                    merged = res.tensor
+                    if res.picks is not None:
+                        picks += res.picks
+                else:  # integer buffers (e.g. position ids) are not parameters: keep the base's
+                    merged = g.base
+                    for i in range(len(models)):
+                        zero[i][name] = numel
+                writer.write(name, merged.to(out_dtype[name]).contiguous())
+                del g, merged
+            writer.close()
+            shapes = {n: base_r.infos[n].shape for n in names}
+            floats = [base_r.infos[n].dtype for n in names if base_r.infos[n].dtype.is_floating_point]
+            input_dtype = str(floats[0]).removeprefix("torch.") if floats else "none"
+            meta = _finish(
+                tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes, input_dtype
+            )
+            meta["elements"] = total_elems
+            elapsed = time.perf_counter() - t0
+            meta["summary"] = {
+                "tensors": len(names),
+                "bytes_read": bytes_in,
+                "bytes_written": writer.bytes_written,
+                "seconds": round(elapsed, 3),
+            }
+            (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
     except OSError as e:  # disk full, quota, I/O error: one line, and nothing left behind
-        shutil.rmtree(tmp, ignore_errors=True)
         where = f" ({e.filename})" if e.filename else ""
         raise OrdermergeError(
             f"{out}: merge failed: {e.strerror or e}{where}; no output was left behind"
         ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

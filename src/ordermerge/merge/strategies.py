@@ -63,8 +63,6 @@ def register(name: str, normalise_weights: bool = True):
     return deco
 
 
-
-
 @register("weighted_average")
 def weighted_average(g: Group, w: list[float], gen: torch.Generator) -> Merged:
     """θ = Σ_i w_i θ_i, with w normalised to sum to 1 (uniform by default)."""
