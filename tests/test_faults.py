@@ -160,6 +160,10 @@ def test_stale_partials_of_dead_processes_are_cleared(tmp_path):
     dead.wait()
     (tmp_path / f".main.csv.partial-{dead.pid}").write_text("half")
     (tmp_path / f".main.csv.old-{dead.pid}").mkdir()
+    zombie = subprocess.Popen(["sleep", "60"])  # killed and not yet reaped: still dead
+    zombie.kill()
+    time.sleep(0.2)
+    (tmp_path / f".main.csv.partial-{zombie.pid}").write_text("half")
     live = tmp_path / f".main.csv.partial-{os.getppid()}"  # a live writer's file is left alone
     live.write_text("in progress")
     (tmp_path / ".other.csv.partial-1").write_text("not ours")
@@ -168,6 +172,7 @@ def test_stale_partials_of_dead_processes_are_cleared(tmp_path):
     assert target.read_text() == "a,b\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["main.csv", live.name, ".other.csv.partial-1"])
     assert clear_stale_partials(target) == []
+    zombie.wait()
 
 
 def test_a_failing_writer_leaves_the_old_file(tmp_path):

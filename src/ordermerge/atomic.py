@@ -22,8 +22,14 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    # A killed writer whose parent has not reaped it yet (a zombie) still answers kill(0):
+    # it is dead all the same, and so is its partial output.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
-    return True
+    return state not in ("Z", "X")
 
 
 def clear_stale_partials(path: str | Path) -> list[Path]:
