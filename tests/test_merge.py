@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_family, make_hf_family
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from ordermerge.cli import main
-from ordermerge.merge import REGISTRY, Group, merge, tensor_generator
+from ordermerge.merge import REGISTRY, Group, Rng, chunk_rng, merge
 from ordermerge.safetensors_io import CheckpointReader, ShardedWriter
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -29,7 +30,7 @@ def _group(n: int, shape: tuple[int, ...], seed: int, frac_unchanged: float, dty
         models.append(
             torch.where(keep, base, (base.float() + torch.randn(shape, generator=g)).to(dtype))
         )
-    return Group("t", base, models)
+    return Group.of("t", base, models)
 
 
 def _w(n: int, seed: int) -> list[float]:
@@ -45,7 +46,7 @@ shapes = st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple)
 @given(n=st.integers(2, 6), shape=shapes, seed=st.integers(0, 10_000), frac=st.floats(0, 1))
 def test_selection_copies_sub_model_values(n, shape, seed, frac):
     g = _group(n, shape, seed, frac)
-    out = REGISTRY["parameter_selection"].fn(g, _w(n, seed), tensor_generator(seed, "t")).tensor
+    out = REGISTRY["parameter_selection"].fn(g, _w(n, seed), chunk_rng(seed, "t")).tensor
     assert out.dtype == g.base.dtype
     bits = out.view(torch.int16)
     matches = torch.zeros(shape, dtype=torch.bool)
@@ -59,10 +60,10 @@ def test_selection_copies_sub_model_values(n, shape, seed, frac):
 def test_resampling_keeps_base_exactly_where_nothing_changed(n, shape, seed, frac):
     g = _group(n, shape, seed, frac)
     res = REGISTRY["parameter_selection"].fn(
-        g, _w(n, seed), tensor_generator(seed, "t"), resample=True
+        g, _w(n, seed), chunk_rng(seed, "t"), resample=True
     )
     out = res.tensor
-    none_changed = ~torch.stack(g.changed).any(0)
+    none_changed = ~g.changed.any(0)
     assert bool((out[none_changed] == g.base[none_changed]).all())
     # elsewhere the value comes from a sub-model that changed it, hence differs from the base
     from_changed = torch.zeros(shape, dtype=torch.bool)
@@ -78,7 +79,7 @@ def test_selection_shares_match_weights(resample):
     w = [0.5, 0.3, 0.2]
     n_el = 1_000_000
     g = _group(3, (n_el,), 7, 0.0, torch.float32)  # every element changed in every sub-model
-    res = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(1, "big"), resample=resample)
+    res = REGISTRY["parameter_selection"].fn(g, w, chunk_rng(1, "big"), resample=resample)
     share = (res.picks.double() / n_el).tolist()
     for s, p in zip(share, w, strict=True):
         # 5 standard deviations of a binomial share: fails by chance with p < 1e-6
@@ -93,11 +94,11 @@ def test_resampling_shares_renormalise_over_changed_models():
     g.models[0] = g.base.clone()
     g.__dict__.pop("changed", None)
     w = [0.5, 0.3, 0.2]
-    res = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(0, "x"), resample=True)
+    res = REGISTRY["parameter_selection"].fn(g, w, chunk_rng(0, "x"), resample=True)
     assert int(res.picks[0]) == 0
     share1 = int(res.picks[1]) / n_el
     assert abs(share1 - 0.6) < 5 * math.sqrt(0.24 / n_el)
-    plain = REGISTRY["parameter_selection"].fn(g, w, tensor_generator(0, "x")).picks
+    plain = REGISTRY["parameter_selection"].fn(g, w, chunk_rng(0, "x")).picks
     assert abs(int(plain[0]) / n_el - 0.5) < 5 * math.sqrt(0.25 / n_el)
 
 
@@ -106,7 +107,7 @@ def test_resampling_shares_renormalise_over_changed_models():
 def test_weighted_average_matches_formula(n, shape, seed):
     g = _group(n, shape, seed, 0.3, torch.float32)
     w = _w(n, seed)
-    out = REGISTRY["weighted_average"].fn(g, w, tensor_generator(0, "t")).tensor
+    out = REGISTRY["weighted_average"].fn(g, w, chunk_rng(0, "t")).tensor
     ref = sum(wi * m.double() for wi, m in zip(w, g.models, strict=True))
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
 
@@ -134,12 +135,12 @@ def test_ties_matches_peft(density, seed):
 
 
 def _reference_dare(g: Group, w, p, lam, seed, name, ties):
-    # An independent reimplementation, drawing the same masks from the same generator.
-    gen = tensor_generator(seed, name)
+    # An independent reimplementation, drawing the same masks from the same random stream.
+    rng = chunk_rng(seed, name)
     taus = []
     masks = []
     for m in g.models:
-        keep = torch.rand(m.shape, generator=gen) < (1 - p)
+        keep = torch.from_numpy(rng.int32(tuple(m.shape)).astype("int64") + 2**31 < (1 - p) * 2**32)
         masks.append(keep)
         taus.append((m.double() - g.base.double()) * keep / (1 - p))
     if not ties:
@@ -157,7 +158,7 @@ def _reference_dare(g: Group, w, p, lam, seed, name, ties):
 def test_dare_matches_reference_with_same_masks(method, p):
     g = _group(3, (300, 40), 4, 0.0, torch.float32)
     w = [1.0, 0.8, 1.2]
-    out = REGISTRY[method].fn(g, w, tensor_generator(9, "w"), drop_rate=p, **{"lambda": 1.0})
+    out = REGISTRY[method].fn(g, w, chunk_rng(9, "w"), drop_rate=p, **{"lambda": 1.0})
     ref, masks = _reference_dare(g, w, p, 1.0, 9, "w", method == "dare_ties")
     torch.testing.assert_close(out.tensor.double(), ref, rtol=1e-5, atol=1e-5)
     kept = torch.stack(masks).double().mean().item()
@@ -209,6 +210,93 @@ def test_reshard_and_tensor_order_do_not_change_values(family, tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (
         tmp_path / "b/model.safetensors"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("strategy", ["weighted_average", "task_arithmetic", "ties"])
+def test_chunked_merge_equals_the_whole_tensor_formula(tmp_path, monkeypatch, strategy):
+    # 997-element chunks split every tensor of this family unevenly; a deterministic strategy
+    # must give exactly what its function gives on the whole tensor
+    from ordermerge.merge import engine
+
+    base, models = make_family(tmp_path / "in", shapes={"a": (61, 53), "b": (997,), "c": (5,)})
+    monkeypatch.setattr(engine, "CHUNK", 997)
+    merge(base, models, tmp_path / "o", strategy, progress=False)
+    got = load_file(str(tmp_path / "o/model.safetensors"))
+    b = load_file(str(base / "model.safetensors"))
+    ms = [load_file(str(m / "model.safetensors")) for m in models]
+    for name, t in got.items():
+        g = Group.of(name, b[name], [m[name] for m in ms])
+        w = [1 / 3] * 3 if strategy == "weighted_average" else [1.0] * 3
+        params = {"density": 0.2, "lambda": 1.0} if strategy == "ties" else (
+            {"lambda": 1.0} if strategy == "task_arithmetic" else {})
+        want = REGISTRY[strategy].fn(g, w, None, **params).tensor.to(t.dtype)
+        assert torch.equal(t, want), name
+
+
+@pytest.mark.parametrize("strategy", ["parameter_selection", "dare_ties"])
+def test_worker_count_and_chunk_seams_do_not_change_a_random_merge(tmp_path, monkeypatch, strategy):
+    from ordermerge.merge import engine
+
+    base, models = make_family(tmp_path / "in", shapes={"a": (61, 53), "b": (997,)})
+    monkeypatch.setattr(engine, "CHUNK", 500)
+    params = {"resample": True} if strategy == "parameter_selection" else {}
+    outs = []
+    for workers in (1, 3):
+        monkeypatch.setattr(engine, "_workers", lambda w=workers: w)
+        merge(base, models, tmp_path / f"w{workers}", strategy, params, seed=2, progress=False)
+        outs.append(_files(tmp_path / f"w{workers}"))
+    assert outs[0] == outs[1]
+    if strategy == "parameter_selection":  # resampling's guarantee holds across chunk seams
+        got = load_file(str(tmp_path / "w1/model.safetensors"))
+        b = load_file(str(base / "model.safetensors"))
+        ms = [load_file(str(m / "model.safetensors")) for m in models]
+        for name, t in got.items():
+            changed = torch.stack([m[name] != b[name] for m in ms])
+            bits = t.view(torch.int16)
+            from_changed = torch.zeros(t.shape, dtype=torch.bool)
+            for m, ch in zip(ms, changed, strict=True):
+                from_changed |= ch & (bits == m[name].view(torch.int16))
+            assert bool((from_changed == changed.any(0)).all()), name
+            assert torch.equal(t[~changed.any(0)], b[name][~changed.any(0)])
+
+
+class _TopOfRange(Rng):
+    """Every draw at the very top of the range: u = 1 − 2^-24, x = 2^31 − 1."""
+
+    def int32(self, shape):
+        return np.full(shape, 2**31 - 1, dtype=np.int32)
+
+
+@SETTINGS
+@given(n=st.integers(2, 6), seed=st.integers(0, 10_000), frac=st.floats(0, 0.9))
+def test_a_draw_at_the_top_of_the_range_takes_the_last_model_with_mass(n, seed, frac):
+    # float32 rounding of u·S must never push a draw past the last sub-model that changed d
+    g = _group(n, (2000,), seed, frac)
+    w = _w(n, seed)
+    res = REGISTRY["parameter_selection"].fn(g, w, _TopOfRange(0), resample=True)
+    changed = g.changed
+    last = torch.where(changed.any(0), n - 1 - changed.flip(0).int().argmax(0), n)
+    want = g.stack.view(torch.int16).gather(0, last[None])[0]
+    assert torch.equal(res.tensor.view(torch.int16), want)
+    plain = REGISTRY["parameter_selection"].fn(g, w, _TopOfRange(0)).tensor
+    assert torch.equal(plain.view(torch.int16), g.models[-1].view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize(("numel", "density"), [(1, 0.5), (5, 0.2), (1000, 0.3), (3 << 20, 0.2)])
+def test_trim_threshold_is_the_exact_kth_largest_magnitude(dtype, numel, density):
+    from ordermerge.merge.strategies import trim_threshold
+
+    g = torch.Generator().manual_seed(numel)
+    b = torch.randn(numel, generator=g).to(dtype)
+    m = (b.double() + 0.1 * torch.randn(numel, generator=g)).to(dtype)
+    m[: numel // 3] = b[: numel // 3]  # ties at zero, as bf16 fine-tunes have
+    before = m.clone()
+    k = int(density * numel)
+    mag = (m - b).abs() if dtype == torch.float64 else (m.float() - b.float()).abs()
+    want = float(mag.kthvalue(numel - k + 1).values) if k else float("inf")
+    assert trim_threshold(b, m, density) == want
+    assert torch.equal(m, before)  # the inputs are left alone
 
 
 def test_output_shards_and_metadata(family, tmp_path):

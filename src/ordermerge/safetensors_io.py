@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +122,14 @@ class CheckpointReader:
                 if name in self.infos:
                     raise OrdermergeError(f"{shard}: tensor {name} appears in two shards")
                 self.infos[name] = info
+        # opened up front: merge worker threads read concurrently (pread has no shared offset)
         self._fds: dict[Path, int] = {}
+        for shard in sorted({i.shard for i in self.infos.values()}):
+            try:
+                self._fds[shard] = os.open(shard, os.O_RDONLY)
+            except OSError as e:
+                self.close()
+                raise OrdermergeError(f"{shard}: cannot read ({e.strerror})") from None
 
     def names(self) -> list[str]:
         return sorted(self.infos)
@@ -135,19 +142,23 @@ class CheckpointReader:
         whole model as resident even though it only ever works on one tensor name.
         """
         info = self.infos[name]
-        fd = self._fds.get(info.shard)
-        if fd is None:
-            fd = os.open(info.shard, os.O_RDONLY)
-            self._fds[info.shard] = fd
         out = torch.empty(info.nbytes, dtype=torch.uint8)
+        self.read_into(name, 0, out)
+        return out.view(info.dtype).view(info.shape)
+
+    def read_into(self, name: str, first: int, out: torch.Tensor) -> None:
+        """Fill the uint8 tensor `out` with the bytes of elements first, first+1, … of tensor
+        `name` (flattened), with pread: no mapping, no copy beyond the one into `out`."""
+        info = self.infos[name]
+        fd = self._fds[info.shard]
+        start = info.start + first * info.dtype.itemsize
         view = memoryview(out.numpy())
         done = 0
-        while done < info.nbytes:
-            n = os.preadv(fd, [view[done:]], info.start + done)
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], start + done)
             if n <= 0:
                 raise OrdermergeError(f"{info.shard}: truncated while reading tensor {name}")
             done += n
-        return out.view(info.dtype).view(info.shape)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -201,7 +212,9 @@ def _header_bytes(specs: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> byte
 
 
 class ShardedWriter:
-    """Writes tensors in a pre-announced order into HF-style shards (plus an index if > 1)."""
+    """Writes HF-style shards (plus an index if > 1) whose layout is fixed up front: every
+    shard's header is written at construction, so tensors, or chunks of them, can then be
+    written in any order and from several threads (pwrite at known offsets)."""
 
     def __init__(
         self,
@@ -217,35 +230,45 @@ class ShardedWriter:
             if n == 1
             else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
-        self._order: Iterator[tuple[int, str, torch.dtype, tuple[int, ...]]] = iter(
-            (i, name, dtype, shape)
-            for i, shard in enumerate(self.shards)
-            for name, dtype, shape in shard
-        )
-        self._current = -1
-        self._fh = None
+        self._fds: list[int] = []
+        self._where: dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]] = {}
+        for i, shard in enumerate(self.shards):
+            header = _header_bytes(shard)
+            fd = os.open(self.folder / self.files[i], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._fds.append(fd)
+            os.write(fd, header)
+            offset = len(header)
+            for name, dtype, shape in shard:
+                self._where[name] = (i, offset, dtype, shape)
+                offset += dtype.itemsize * _numel(shape)
         self.bytes_written = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        i, expected, dtype, shape = next(self._order)
-        if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != shape:
-            raise RuntimeError(f"writer expected {expected} {dtype} {shape}, got {name}")
-        if i != self._current:
-            if self._fh:
-                self._fh.close()
-            self._fh = open(self.folder / self.files[i], "wb")
-            self._fh.write(_header_bytes(self.shards[i]))
-            self._current = i
-        data = tensor.contiguous().view(torch.uint8).numpy()
-        self._fh.write(memoryview(data))
-        self.bytes_written += data.nbytes
+    def write(self, name: str, tensor: torch.Tensor, first: int = 0) -> None:
+        """Write `tensor`'s elements as elements first, first+1, … of tensor `name`."""
+        i, offset, dtype, shape = self._where[name]
+        if tensor.dtype != dtype or first + tensor.numel() > _numel(shape):
+            raise RuntimeError(f"writer: {name} is {dtype} {shape}, got {tensor.dtype} at {first}")
+        data = memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy())
+        pos = offset + first * dtype.itemsize
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fds[i], data[done:], pos + done)
+        self.bytes_written += len(data)
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds:  # only after an error: close() has emptied the list
+            os.close(fd)
+        self._fds = []
 
     def close(self) -> None:
-        if self._fh:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        """fsync and close every shard, then write the index: the files are complete."""
+        for fd in self._fds:
+            os.fsync(fd)
+            os.close(fd)
+        self._fds = []
         if len(self.files) > 1:
             total = sum(
                 dtype.itemsize * _numel(shape) for shard in self.shards for _, dtype, shape in shard

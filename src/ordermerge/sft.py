@@ -45,8 +45,8 @@ class SFTConfig:
     batch_size: int = 8  # per device
     grad_accum: int = 1
     max_length: int = 512
-    # Compute dtype: "auto" = bf16 autocast on CUDA, float32 on CPU (bf16 matmul backward on an
-    # AVX2-only CPU measured 90 s vs 0.6 s in fp32 for one 800x256x49152 product).
+    # Compute dtype: "auto" = bf16 autocast on CUDA, float32 on CPU (bf16 matmul backward on a
+    # 2-core CPU measured 90 s vs 0.6 s in fp32 for one 800x256x49152 product).
     dtype: str = "auto"
     save_dtype: str | None = None  # default: the base model's dtype
     gradient_checkpointing: bool = False

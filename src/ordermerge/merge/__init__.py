@@ -8,11 +8,13 @@ from typing import Any
 
 _WHERE = {
     "merge": "engine",
-    "tensor_generator": "engine",
+    "chunk_rng": "engine",
+    "CHUNK": "engine",
     "parse_params": "params",
     "REGISTRY": "strategies",
     "Group": "strategies",
     "Merged": "strategies",
+    "Rng": "strategies",
 }
 __all__ = sorted(_WHERE)
 

@@ -1,15 +1,20 @@
-"""The streaming merge engine: one tensor name at a time, from memory-mapped inputs to shards."""
+"""The streaming merge engine: chunks of one tensor name at a time, from pread inputs to shards."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -18,11 +23,12 @@ from ..atomic import atomic_dir
 from ..safetensors_io import (
     CheckpointReader,
     ShardedWriter,
+    _numel,
     folder_fingerprint,
     sha256_file,
 )
 from .params import parse_params
-from .strategies import REGISTRY, Group
+from .strategies import REGISTRY, Group, Rng
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
 COPIED_FILES = (
@@ -40,11 +46,16 @@ COPIED_FILES = (
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def tensor_generator(seed: int, name: str) -> torch.Generator:
-    """A generator seeded from (seed, tensor name) by SHA-256: independent of tensor order,
-    sharding and threads, and stable across Python processes (unlike hash())."""
-    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+# Elements per work unit. Random strategies draw from one generator per chunk, so this constant
+# is part of what a seed means: changing it changes random merges (never the other strategies).
+CHUNK = 1 << 18
+
+
+def chunk_rng(seed: int, name: str, chunk: int = 0) -> Rng:
+    """The random stream of one chunk, seeded from (seed, tensor name, chunk index) by SHA-256:
+    independent of tensor order, sharding and threads, and stable across Python processes."""
+    digest = hashlib.sha256(f"{seed}\0{name}\0{chunk}".encode()).digest()
+    return Rng(int.from_bytes(digest[:16], "little"))
 
 
 def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[float]:
@@ -104,17 +115,9 @@ def _check_provenance(base: Path, models: list[Path]) -> None:
         raise OrdermergeError(f"{odd}: tokenizer.json differs from {ref}'s (tokenizer mismatch)")
 
 
-def _load(reader: CheckpointReader, name: str) -> torch.Tensor:
-    t = reader.get(name)
-    # A float32 sum is NaN/Inf iff an element is (one pass, 2x cheaper than isfinite().all());
-    # only a non-finite sum, possibly from overflow, pays for the exact check.
-    if (
-        t.is_floating_point()
-        and not torch.isfinite(torch.sum(t, dtype=torch.float32))
-        and not bool(torch.isfinite(t).all())
-    ):
-        raise OrdermergeError(f"{reader.infos[name].shard}: tensor {name} contains NaN or Inf")
-    return t
+def _workers() -> int:
+    # torch's thread count honours OMP_NUM_THREADS; the affinity mask honours SLURM's cpus
+    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
 
 
 def merge(
@@ -131,8 +134,9 @@ def merge(
 ) -> dict[str, Any]:
     """Merge `models` (fine-tuned from `base`) into the HF folder `out`; returns merge.json.
 
-    Streams one tensor name at a time; writes into a hidden sibling folder and renames it at
-    the end, so an interrupted merge never leaves a folder that looks complete.
+    Streams chunks of one tensor name at a time through a thread pool; writes into a hidden
+    sibling folder and renames it at the end, so an interrupted merge never leaves a folder
+    that looks complete.
     """
     t0 = time.perf_counter()
     if len(models) < 2:
@@ -143,11 +147,31 @@ def merge(
         raise OrdermergeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_BY_NAME)}")
     base, out = Path(base), Path(out)
     models = [Path(m) for m in models]
-    base_r = CheckpointReader(base)
-    model_rs = [CheckpointReader(m) for m in models]
-    _check_same_layout(base_r, model_rs)
-    _check_provenance(base, models)
-    fn = REGISTRY[strategy].fn
+    with ExitStack() as opened:  # every reader is closed, whatever happens
+        base_r = opened.enter_context(CheckpointReader(base))
+        model_rs = [opened.enter_context(CheckpointReader(m)) for m in models]
+        _check_same_layout(base_r, model_rs)
+        _check_provenance(base, models)
+        return _merge(base, models, out, strategy, params, w, seed, dtype, max_shard_size,
+                      progress, base_r, model_rs, t0)
+
+
+def _merge(
+    base: Path,
+    models: list[Path],
+    out: Path,
+    strategy: str,
+    params: dict[str, Any],
+    w: list[float],
+    seed: int,
+    dtype: str | None,
+    max_shard_size: int,
+    progress: bool,
+    base_r: CheckpointReader,
+    model_rs: list[CheckpointReader],
+    t0: float,
+) -> dict[str, Any]:
+    strat = REGISTRY[strategy]
 
     names = base_r.names()
     out_dtype = {}
@@ -155,34 +179,69 @@ def merge(
         d = base_r.infos[n].dtype
         out_dtype[n] = DTYPE_BY_NAME[dtype] if dtype and d.is_floating_point else d
     specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
+    readers = [*model_rs, base_r]  # the row order of a Group's stack: θ1..θN, then θ0
 
-    zero = {i: {} for i in range(len(models))}
+    def merge_chunk(name: str, chunk: int, stats: list[float] | None) -> tuple[list[int], Any]:
+        """Merge elements [chunk·CHUNK, …) of one tensor; returns the zero task-vector count
+        per sub-model and, for selection, the picks per sub-model."""
+        info = base_r.infos[name]
+        first = chunk * CHUNK
+        count = min(CHUNK, _numel(info.shape) - first)
+        buf = torch.empty((len(readers), count * info.dtype.itemsize), dtype=torch.uint8)
+        for row, r in enumerate(readers):
+            r.read_into(name, first, buf[row])
+        g = Group(name, buf.view(info.dtype))
+        if not info.dtype.is_floating_point or count == 0:
+            # integer buffers (e.g. position ids) are not parameters: keep the base's
+            writer.write(name, g.base, first)
+            return [count] * len(models), None
+        if not g.all_finite():
+            bad = next(i for i in range(len(readers)) if not bool(torch.isfinite(g.stack[i]).all()))
+            raise OrdermergeError(f"{readers[bad].infos[name].shard}: tensor {name} contains NaN or Inf")
+        zeros = [count - int(np.count_nonzero(ch)) for ch in g.changed.numpy()]
+        extra = {} if stats is None else {"stats": stats}
+        res = strat.fn(g, w, chunk_rng(seed, name, chunk), **params, **extra)
+        writer.write(name, res.tensor.to(out_dtype[name]), first)
+        return zeros, res.picks
+
+    def prepare(name: str, pool: ThreadPoolExecutor) -> list[float] | None:
+        # whole-tensor statistics (TIES's trim cut), one sub-model per worker
+        if strat.prepare is None or not base_r.infos[name].dtype.is_floating_point:
+            return None
+        b = base_r.get(name)
+        return list(pool.map(lambda r: strat.prepare(b, r.get(name), **params), model_rs))
+
+    zero = {i: dict.fromkeys(names, 0) for i in range(len(models))}
     picks = torch.zeros(len(models), dtype=torch.long)
-    total_elems = 0
-    bytes_in = 0
+    total_elems = sum(_numel(base_r.infos[n].shape) for n in names)
+    bytes_in = sum(base_r.infos[n].nbytes for n in names) * (1 + len(models))
+    threads = _workers()
+    intra_op = torch.get_num_threads()
     try:
         # a merge killed by kill -9 or the OOM killer leaves only a hidden partial folder,
         # removed by the next merge into `out`
-        with atomic_dir(out) as tmp:
-            writer = ShardedWriter(tmp, specs, max_shard_size)
-            for name in tqdm(names, desc=f"merge {strategy}", unit="tensor", disable=not progress):
-                g = Group(name, _load(base_r, name), [_load(r, name) for r in model_rs])
-                bytes_in += base_r.infos[name].nbytes * (1 + len(models))
-                numel = g.base.numel()
-                total_elems += numel
-                if g.base.is_floating_point():
-                    for i, ch in enumerate(g.changed):
-                        zero[i][name] = numel - int(ch.sum())
-                    res = fn(g, w, tensor_generator(seed, name), **params)
-                    merged = res.tensor
-                    if res.picks is not None:
-                        picks += res.picks
-                else:  # integer buffers (e.g. position ids) are not parameters: keep the base's
-                    merged = g.base
-                    for i in range(len(models)):
-                        zero[i][name] = numel
-                writer.write(name, merged.to(out_dtype[name]).contiguous())
-                del g, merged
+        with atomic_dir(out) as tmp, ShardedWriter(tmp, specs, max_shard_size) as writer:
+            # chunks run on a thread pool (torch and pread release the GIL), one torch thread
+            # each; at most 2 chunks per worker are in flight, so memory stays a few chunks
+            torch.set_num_threads(1)
+            bar = tqdm(total=len(names), desc=f"merge {strategy}", unit="tensor", disable=not progress)
+            inflight: deque[tuple[str, bool, Future]] = deque()
+            with ThreadPoolExecutor(threads, thread_name_prefix="merge") as pool:
+                try:
+                    for name in names:
+                        stats = prepare(name, pool)
+                        n_chunks = max(1, -(-_numel(base_r.infos[name].shape) // CHUNK))
+                        for c in range(n_chunks):
+                            job = pool.submit(merge_chunk, name, c, stats)
+                            inflight.append((name, c == n_chunks - 1, job))
+                            while len(inflight) > 2 * threads:
+                                _collect(inflight.popleft(), zero, picks, bar)
+                    while inflight:
+                        _collect(inflight.popleft(), zero, picks, bar)
+                finally:
+                    for _, _, job in inflight:
+                        job.cancel()
+            bar.close()
             writer.close()
             shapes = {n: base_r.infos[n].shape for n in names}
             floats = [base_r.infos[n].dtype for n in names if base_r.infos[n].dtype.is_floating_point]
@@ -204,7 +263,22 @@ def merge(
         raise OrdermergeError(
             f"{out}: merge failed: {e.strerror or e}{where}; no output was left behind"
         ) from None
+    finally:
+        torch.set_num_threads(intra_op)
     return meta
+
+
+def _collect(
+    item: tuple[str, bool, Future], zero: dict[int, dict[str, int]], picks: torch.Tensor, bar: tqdm
+) -> None:
+    name, last, job = item
+    zeros, chunk_picks = job.result()  # re-raises a worker's error here, in tensor order
+    for i, z in enumerate(zeros):
+        zero[i][name] += z
+    if chunk_picks is not None:
+        picks += chunk_picks
+    if last:
+        bar.update(1)
 
 
 def _stable(meta: dict[str, Any]) -> dict[str, Any]:
