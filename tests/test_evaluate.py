@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ordermerge.evaluate import bootstrap_ci, evaluate
 from ordermerge.evaluate.extract import extract_code, extract_number, pass_at_k
@@ -170,3 +171,57 @@ def test_a_suite_equals_its_benchmarks_run_one_by_one(tiny_base, tiny_data, tmp_
     with pytest.raises(OrdermergeError, match=r"evaluate --suite: x: expected \{\"benchmark\""):
         evaluate_suite(tiny_base, {"x": {"benchmark": "gsm9k"}}, tmp_path / "bad")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
+
+
+LM_EVAL_TASK = """task: ordermerge_local_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def _choice_logprob(model, tok, context: str, continuation: str) -> float:
+    # the harness's loglikelihood: encode context + continuation, score the tokens after the
+    # context's own encoding
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    return float(sum(logp[i - 1, whole[i]] for i in range(len(ctx), len(whole))))
+
+
+def test_lm_eval_bridge_scores_a_local_task_per_document(tiny_base, tmp_path):
+    pytest.importorskip("lm_eval")
+    from ordermerge.models import load_model, load_tokenizer
+
+    docs = [{"question": f"{a} plus {b} is", "choices": [str(a + b), str(a + b + 1), "seven"],
+             "answer": i % 3} for i, (a, b) in enumerate([(1, 2), (3, 4), (10, 5), (2, 2), (6, 1), (8, 9)])]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "local.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    cfg = {"tasks": ["ordermerge_local_mc"], "include_path": str(tasks), "batch_size": 2}
+    r = evaluate(tiny_base, "lm_eval", cfg, tmp_path / "out", progress=False)
+    items = _items(tmp_path / "out/lm_eval.items.jsonl")
+    assert r["metric"] == "ordermerge_local_mc/acc" and r["n"] == len(docs) == len(items)
+    assert [i["id"] for i in items] == [f"ordermerge_local_mc/{k}" for k in range(len(docs))]
+    assert r["value"] == pytest.approx(r["lm_eval"]["ordermerge_local_mc"]["acc,none"])
+    # every per-document score equals an independent log-likelihood argmax with transformers
+    model, tok = load_model(tiny_base, dtype=torch.float32), load_tokenizer(str(tiny_base))
+    for d, item in zip(docs, items, strict=True):
+        scores = [_choice_logprob(model, tok, d["question"], " " + c) for c in d["choices"]]
+        assert item["score"] == float(max(range(3), key=scores.__getitem__) == d["answer"])
+    from ordermerge import OrdermergeError
+
+    with pytest.raises(OrdermergeError, match="unknown task 'no_such_task'"):
+        evaluate(tiny_base, "lm_eval", {**cfg, "tasks": ["no_such_task"]}, tmp_path / "bad")

@@ -21,7 +21,7 @@ BENCHMARK_SETTINGS = {
               "fewshot_k"},
     "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
                   "timeout", "chat", "seed"},
-    "lm_eval": {"tasks", "include_path", "limit", "batch_size"},
+    "lm_eval": {"tasks", "include_path", "limit", "batch_size", "metric"},
 }
 
 

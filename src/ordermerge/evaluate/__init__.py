@@ -110,24 +110,42 @@ def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
 
 
 def _lm_eval(model_dir: Path, cfg: dict[str, Any]):
+    """lm-evaluation-harness on the model folder. Items are its per-document scores (for the
+    first task's first metric unless `metric` names one), so paired statistics work as for the
+    built-in benchmarks; the harness's own aggregates are kept in the result as `lm_eval`."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise OrdermergeError("benchmark lm_eval: install the extra: pip install 'ordermerge[lm_eval]'") from None
+    tasks = cfg.get("tasks")
+    if not tasks or not isinstance(tasks, list):
+        raise OrdermergeError("benchmark lm_eval: setting 'tasks' (a list of task names) is required")
     tm = TaskManager(include_path=cfg.get("include_path"))
-    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir}",
-                                  tasks=cfg["tasks"], task_manager=tm, limit=cfg.get("limit"),
-                                  batch_size=cfg.get("batch_size", 8), device=_device())
+    unknown = [t for t in tasks if t not in tm.all_tasks]
+    if unknown:
+        where = f" (include_path {cfg['include_path']})" if cfg.get("include_path") else ""
+        raise OrdermergeError(f"benchmark lm_eval: unknown task {unknown[0]!r}{where}")
+    res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
+                                  tasks=tasks, task_manager=tm, limit=cfg.get("limit"),
+                                  batch_size=cfg.get("batch_size", 8), device=_device(),
+                                  log_samples=True, bootstrap_iters=0)
+    aggregates = {t: {k: v for k, v in m.items() if isinstance(v, int | float)}
+                  for t, m in res["results"].items()}
+    first = tasks[0]
+    # the harness names metrics "<metric>,<filter>" (e.g. "acc,none"); other numbers are counts
+    metric = cfg.get("metric") or next(k.split(",")[0] for k in aggregates[first]
+                                       if "," in k and "_stderr" not in k)
     items = []
-    metric, value = None, None
-    for task, metrics in res["results"].items():
-        for key, v in metrics.items():
-            if isinstance(v, int | float) and "stderr" not in key and key != "alias":
-                metric, value = metric or f"{task}/{key}", value if value is not None else v
-                items.append({"id": f"{task}/{key}", "prompt": None, "completion": None,
-                              "reference": None, "score": float(v)})
-    return metric or "none", items, {}
+    for task in tasks:
+        for sample in sorted(res["samples"][task], key=lambda x: x["doc_id"]):
+            if metric not in sample:
+                raise OrdermergeError(f"benchmark lm_eval: task {task} has no per-document "
+                                      f"metric {metric!r}")
+            items.append({"id": f"{task}/{sample['doc_id']}", "prompt": None,
+                          "completion": None, "reference": str(sample.get("target")),
+                          "score": float(sample[metric])})
+    return f"{first}/{metric}", items, {"lm_eval": aggregates}
 
 
 def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir: str | Path,
@@ -164,6 +182,8 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
         "model": folder_fingerprint(model_dir), "settings": cfg,
         "ordermerge_version": __version__,
     }
+    if "lm_eval" in speed:
+        result["lm_eval"] = speed["lm_eval"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / f"{name}.items.jsonl", items)
     tmp = out_dir / f".{name}.json.partial"
