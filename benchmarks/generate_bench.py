@@ -1,7 +1,7 @@
 """Greedy generation throughput at batch 1 vs batched (left padding, KV cache).
 
     python benchmarks/generate_bench.py --model results/smollm2_gsm/base \
-        --data results/smollm2_gsm/data/test_id.jsonl --n 8 --max-new-tokens 64
+        --data results/smollm2_gsm/data/test_id.jsonl --n 16 --max-new-tokens 96
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from ordermerge.evaluate.generate import generate
+from ordermerge.evaluate.generate import BATCH_SIZE, generate
 from ordermerge.models import load_model, load_tokenizer
 from ordermerge.text import format_prompt, read_jsonl
 
@@ -19,9 +19,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, BATCH_SIZE])
     a = ap.parse_args()
     tok = load_tokenizer(a.model)
     model = load_model(a.model, dtype=torch.float32)

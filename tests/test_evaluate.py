@@ -225,3 +225,24 @@ def test_lm_eval_bridge_scores_a_local_task_per_document(tiny_base, tmp_path):
 
     with pytest.raises(OrdermergeError, match="unknown task 'no_such_task'"):
         evaluate(tiny_base, "lm_eval", {**cfg, "tasks": ["no_such_task"]}, tmp_path / "bad")
+
+
+def test_response_logits_give_the_full_forwards_loss(tiny_base, tiny_data):
+    # logits only from the first response position on must not change any per-sample loss
+    from ordermerge.models import load_model, load_tokenizer
+    from ordermerge.text import IGNORE, collate, encode, read_jsonl, token_nll
+
+    model, tok = load_model(tiny_base, dtype=torch.float32), load_tokenizer(str(tiny_base))
+    rows = read_jsonl(tiny_data / "test_id.jsonl")
+    batch = collate([encode(tok, r["prompt"], r["response"], "", 1024) for r in rows],
+                    tok.pad_token_id)
+    assert (batch["labels"][:, :20] == IGNORE).all()  # prompts: nothing to keep there
+    with torch.no_grad():
+        sums, counts = token_nll(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                            labels.reshape(-1), ignore_index=IGNORE,
+                                            reduction="none").view(labels.shape)
+    torch.testing.assert_close(sums, nll.sum(1), rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == (labels != IGNORE).sum(1).tolist()

@@ -31,7 +31,7 @@ from . import OrdermergeError
 from .atomic import atomic_dir
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
-from .text import IGNORE, collate, encode, read_jsonl
+from .text import IGNORE, collate, encode, read_jsonl, response_logits
 
 SFT_META = "ordermerge_sft.json"
 
@@ -182,10 +182,10 @@ def train(
                 continue
             batch = {k: v.to(device) for k, v in collate([encoded[i] for i in mine], tok.pad_token_id).items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits, labels = response_logits(model, batch)
             nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                ignore_index=IGNORE, reduction="sum")
             (nll / n_tokens).backward()
             loss_sum += float(nll.detach())
         if world > 1:

@@ -47,7 +47,7 @@ def _response_loss(model, tok, cfg: dict[str, Any], progress: bool):
 
 def _gsm8k(model, tok, cfg: dict[str, Any], progress: bool):
     from .extract import extract_number
-    from .generate import generate
+    from .generate import BATCH_SIZE, generate
 
     rows = read_jsonl(cfg["data"])[: cfg.get("limit")]
     if rows and "answer" not in rows[0] and "question" in rows[0]:
@@ -62,7 +62,7 @@ def _gsm8k(model, tok, cfg: dict[str, Any], progress: bool):
     sp = cfg.get("system_prompt", "")
     prompts = [format_prompt(tok, shots + r["prompt"], sp) for r in rows]
     outs, speed = generate(model, tok, prompts, cfg.get("max_new_tokens", 256),
-                           cfg.get("batch_size", 8), progress=progress)
+                           cfg.get("batch_size", BATCH_SIZE), progress=progress)
     items = []
     for r, o in zip(rows, outs, strict=True):
         pred = extract_number(o)
@@ -75,7 +75,7 @@ def _gsm8k(model, tok, cfg: dict[str, Any], progress: bool):
 def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
     from ..data import humaneval_rows
     from .extract import extract_code, pass_at_k
-    from .generate import generate
+    from .generate import BATCH_SIZE, generate
     from .sandbox import run_program
 
     rows = humaneval_rows()[: cfg.get("limit")]
@@ -88,7 +88,7 @@ def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
     speed: dict[str, float] = {"new_tokens": 0, "seconds": 0.0}
     for s in range(n):
         outs, sp = generate(model, tok, prompts, cfg.get("max_new_tokens", 384),
-                            cfg.get("batch_size", 8), progress=progress, do_sample=n > 1,
+                            cfg.get("batch_size", BATCH_SIZE), progress=progress, do_sample=n > 1,
                             temperature=cfg.get("temperature", 0.8), seed=cfg.get("seed", 0) + s)
         speed["new_tokens"] += sp["new_tokens"]
         speed["seconds"] += sp["seconds"]

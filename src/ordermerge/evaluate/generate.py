@@ -7,10 +7,15 @@ import time
 import torch
 from tqdm import tqdm
 
+# Default prompts per batch. Decoding a small model on a CPU is bound by reading the weights
+# once per step, so a batch shares that cost: SmolLM2-135M on 2 cores made 16.6 tokens/s at
+# batch 1, 65 at 8 and 87 at 16 (benchmarks/generate_bench.py; README "Measured").
+BATCH_SIZE = 16
+
 
 @torch.no_grad()
 def generate(
-    model, tok, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 8,
+    model, tok, prompts: list[str], max_new_tokens: int = 256, batch_size: int = BATCH_SIZE,
     stop: tuple[str, ...] = (), progress: bool = True, do_sample: bool = False,
     temperature: float = 1.0, seed: int = 0,
 ) -> tuple[list[str], dict[str, float]]:
