@@ -52,6 +52,11 @@ def test_code_extraction():
     fenced = "Sure!\n```python\ndef f(x):\n    return 2*x\n```\nDone."
     assert extract_code(prompt, fenced, "f") == "def f(x):\n    return 2*x\n"
     assert extract_code(prompt, "    return 2*x\nprint(f(2))", "f") == prompt + "    return 2*x"
+    typed = "from typing import List\n\n\ndef f(x: List[int]):\n    \"\"\"double\"\"\"\n"
+    answer = "```python\ndef f(x: List[int]):\n    return [2 * v for v in x]\n```"
+    program = extract_code(typed, answer, "f")
+    assert program == "from typing import List\ndef f(x: List[int]):\n    return [2 * v for v in x]\n"
+    assert run_program(program, "def check(c):\n    assert c([1]) == [2]\n", "f", 10.0).passed
 
 
 def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():

@@ -44,12 +44,15 @@ def extract_number(text: str) -> str | None:
 
 
 def extract_code(prompt: str, output: str, entry_point: str) -> str:
-    """The program to test: prompt + completion, or a fenced block that defines entry_point."""
+    """The program to test: prompt + completion, or a fenced block that defines entry_point
+    (after the prompt's imports, which a chat answer usually leaves out: `List` in a
+    signature would otherwise fail before any test runs)."""
     fence = re.search(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", output, re.DOTALL)
     if fence:
         block = fence.group(1)
         if re.search(rf"^def {re.escape(entry_point)}\s*\(", block, re.MULTILINE):
-            return block
+            imports = [x for x in prompt.splitlines() if x.startswith(("import ", "from "))]
+            return "".join(f"{x}\n" for x in imports) + block
         output = block
     cut = len(output)
     for s in STOP:
