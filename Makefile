@@ -31,6 +31,6 @@ lint: install-test
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/snakemake --lint --configfile configs/tiny.yaml
 
 test: install-test lint
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 .PHONY: install install-test run lint test
