@@ -53,6 +53,9 @@ stop() {
     kill_pidfile "$DIR/slurmd.pid"
     kill_pidfile "$DIR/slurmctld.pid"
     kill_pidfile "$DIR/munged.pid"
+    # ours even when its pid file is gone (a munged that exits deletes the file, which an older
+    # one sharing the path can do after ours has written it)
+    pkill -f -- "munged --force --pid-file=$DIR/munged.pid" 2>/dev/null || true
     # our link only: a cluster's own /etc/slurm/slurm.conf is never touched
     if [ -L "$ETC" ] && [ "$(readlink "$ETC")" = "$CONF" ]; then rm -f "$ETC"; fi
 }
@@ -119,7 +122,7 @@ start() {
     fi
     if ! timeout 5 munge -n </dev/null >/dev/null 2>&1; then
         pkill -x munged 2>/dev/null || true
-        sleep 0.5
+        for _ in $(seq 50); do pgrep -x munged >/dev/null || break; sleep 0.1; done
         mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
         # --force: a socket left by a killed munged would otherwise stop it from starting
         if id munge >/dev/null 2>&1; then
