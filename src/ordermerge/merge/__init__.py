@@ -9,7 +9,7 @@ from typing import Any
 _WHERE = {
     "merge": "engine",
     "chunk_rng": "engine",
-    "CHUNK": "engine",
+    "CHUNK": "strategies",
     "parse_params": "params",
     "REGISTRY": "strategies",
     "Group": "strategies",

@@ -28,7 +28,7 @@ from ..safetensors_io import (
     sha256_file,
 )
 from .params import parse_params
-from .strategies import REGISTRY, Group, Rng
+from .strategies import CHUNK, REGISTRY, Group, Rng
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
 COPIED_FILES = (
@@ -44,11 +44,6 @@ COPIED_FILES = (
     "chat_template.json",
 )
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# Elements per work unit. Random strategies draw from one generator per chunk, so this constant
-# is part of what a seed means: changing it changes random merges (never the other strategies).
-CHUNK = 1 << 18
 
 
 def chunk_rng(seed: int, name: str, chunk: int = 0) -> Rng:

@@ -3,7 +3,7 @@
 Notation (as in DESIGN.md): base θ0, sub-models θ1..θN, task vectors τi = θi − θ0, weights w.
 Each function receives a `Group` (the N sub-model slices and the base slice, stacked, plus cached
 exact "changed" masks), the weights and a generator, and returns the merged slice. The engine
-calls it on consecutive chunks of a tensor's flattened elements (see engine.CHUNK); every method
+calls it on consecutive chunks of a tensor's flattened elements (see CHUNK); every method
 is elementwise given its per-tensor statistics (TIES's trim thresholds, computed over the whole
 tensor by the strategy's `prepare`). Arithmetic strategies compute in float32 (or wider); the
 engine casts to the output dtype.
@@ -22,6 +22,11 @@ import numpy as np
 import torch
 
 from .params import PARAMS, Param
+
+# Elements per work unit of the engine (and of TIES's cut search). Random strategies draw from
+# one generator per chunk, so this constant is part of what a seed means: changing it changes
+# random merges (never the other strategies).
+CHUNK = 1 << 18
 
 # signed integer views of float dtypes, for exact comparisons on the stored bits
 _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -212,7 +217,7 @@ def trim_threshold(base: torch.Tensor, model: torch.Tensor, density: float, **_:
         return float((model - base).abs().flatten().kthvalue(numel - k + 1).values)
 
     def magnitude_bits() -> Iterator[np.ndarray]:
-        for b, m in zip(base.flatten().split(1 << 20), model.flatten().split(1 << 20), strict=True):
+        for b, m in zip(base.flatten().split(CHUNK), model.flatten().split(CHUNK), strict=True):
             yield m.to(torch.float32, copy=True).sub_(b).abs_().view(torch.int32).numpy()
 
     rank = numel - k  # 0-based, ascending
