@@ -9,7 +9,7 @@ times `snakemake -n` on the empty results folder (the dry run) and on the stand-
 rerun, which must say "Nothing to be done").
 
     python benchmarks/dag_bench.py --configfile configs/paper.yaml --repeats 5 \
-        --work /tmp/dag-bench [--profile profiles/slurm]
+        [--work DIR] [--profile profiles/slurm]
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from workdir import work_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -66,11 +68,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configfile", default="configs/paper.yaml")
     ap.add_argument("--profile", default="profiles/slurm", help="workflow profile of the timed runs")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/dag-bench"))
+    ap.add_argument("--work", type=Path, help="a new or empty folder (default: a fresh temporary one)")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    shutil.rmtree(a.work, ignore_errors=True)
-    shutil.copytree(ROOT, a.work, ignore=shutil.ignore_patterns(
+    a.work = work_dir(a.work, "dag-bench")
+    shutil.copytree(ROOT, a.work, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "results", ".snakemake", "tests", "benchmarks", "*.egg-info", "__pycache__"))
     timed = ["-n", "--configfile", a.configfile, "--workflow-profile", a.profile]
     dry = [snakemake(a.work, timed)[0] for _ in range(a.repeats)]

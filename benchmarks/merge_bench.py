@@ -6,7 +6,7 @@ exactly zero), then times whole-process runs, interleaved and repeated (medians)
 table: wall seconds, peak RSS, GB/s of input read, ratio to mergekit's fastest method and to the
 I/O floor (reading every input byte once and writing the output once).
 
-    python benchmarks/merge_bench.py --work /tmp/mbench --repeats 3 \
+    python benchmarks/merge_bench.py --repeats 3 \
         [--mergekit /path/to/venv-with-mergekit/bin/mergekit-yaml] [--scaling]
 
 mergekit is a benchmark-only extra, never a runtime dependency: install it in its own venv
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from workdir import work_dir
 
 ORDERMERGE = [
     ("weighted_average", []),
@@ -129,7 +130,7 @@ with open({str(out)!r}, 'wb') as fh:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ordermerge-bench"))
+    ap.add_argument("--work", type=Path, help="a new or empty folder (default: a fresh temporary one)")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--intermediate", type=int, default=2816)
@@ -139,8 +140,7 @@ def main() -> None:
     ap.add_argument("--mergekit", help="path to mergekit-yaml (from a separate venv)")
     ap.add_argument("--scaling", action="store_true", help="also check RSS at 2x the layers")
     a = ap.parse_args()
-    work = a.work
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(a.work, "merge-bench")
     t0 = time.perf_counter()
     build(work, a.layers, a.hidden, a.intermediate, a.vocab, a.models)
     n_params = sum(torch.Size(s).numel() for s in llama_shapes(a.layers, a.hidden, a.intermediate, a.vocab).values())

@@ -138,6 +138,33 @@ def smk(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     return res
 
 
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+SLURM_NOTE = ("SLURM tests: tests/slurm/cluster.sh installs Debian's slurm-wlm and munge if they are "
+              "missing (root, apt-get), starts a one-node cluster, and stops it at the end of the "
+              "session if this session started it")
+
+
+def pytest_report_header(config) -> str:
+    return SLURM_NOTE
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running one-node SLURM cluster (its client variables); stopped afterwards if this
+    session started it, so the test run leaves no daemon behind."""
+    res = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        reason = (res.stderr.strip().splitlines() or ["cluster.sh start failed"])[-1]
+        if os.environ.get("ORDERMERGE_REQUIRE_SLURM") == "1":
+            pytest.fail(f"ORDERMERGE_REQUIRE_SLURM=1 but the SLURM cluster did not start: {reason}")
+        pytest.skip(f"no SLURM cluster on this machine: {reason}")
+    started = res.stdout.strip().endswith("started")
+    conf = subprocess.run(["bash", str(CLUSTER), "env"], capture_output=True, text=True).stdout
+    yield dict(line.split("=", 1) for line in conf.split())
+    if started:
+        subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     wd = make_workdir(tmp_path_factory.mktemp("pipeline"))

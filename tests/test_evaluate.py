@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ordermerge.evaluate import bootstrap_ci, evaluate
+from ordermerge.evaluate import bootstrap_ci, evaluate, sandbox
 from ordermerge.evaluate.extract import extract_code, extract_number, pass_at_k
 from ordermerge.evaluate.sandbox import run_program
 
@@ -95,15 +99,10 @@ ATTACKS = {
 def test_sandbox_attacks_fail_and_leave_the_evaluator_unharmed(name, tmp_path):
     t0 = time.time()
     r = run_program(ATTACKS[name], CHECK, "f", timeout=3)
-    assert not r.passed, r
+    # killing "the parent" reaches nothing outside the sandbox: the correct f is still scored
+    assert r.passed == (name == "kill_parent"), r
     assert time.time() - t0 < 15
     assert run_program(GOOD, CHECK, "f").passed  # the evaluator still works afterwards
-    if os.geteuid() == 0:  # no process of any sandbox uid survives
-        import subprocess
-
-        ps = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout
-        alive = [ln for ln in ps.splitlines() if 61000 <= int(ln.split()[0]) < 65000 and "Z" not in ln.split()[1]]
-        assert not alive
 
 
 @pytest.mark.parametrize("target", ["write", "delete"])
@@ -117,16 +116,123 @@ def test_sandbox_cannot_touch_files_outside_its_dir(tmp_path, target):
     assert sentinel.read_text() == "safe"
 
 
+SANDBOX_DIR = Path(sandbox.__file__).parent
+ATTACK_SCRIPT = Path(__file__).parent / "sandbox_attacks.py"
+
+
+def _attack_report(res: subprocess.CompletedProcess) -> dict:
+    assert res.stdout.strip(), res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    breached = {k: v["detail"] for k, v in report.items() if not v["held"]}
+    assert breached == {}, breached
+    assert len(report) == 20  # 18 attacks, the evaluator afterwards, two evaluators at once
+    return report
+
+
+def test_sandbox_attacks_hold_for_the_user_running_the_tests():
+    res = subprocess.run([sys.executable, str(ATTACK_SCRIPT), "--sandbox", str(SANDBOX_DIR)],
+                         capture_output=True, text=True, timeout=300)
+    _attack_report(res)
+    assert res.returncode == 0
+
+
+USER = "ordermerge-sbx"
+
+
+@pytest.fixture
+def ordinary_user():
+    """A created ordinary user (removed afterwards if this fixture created it)."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a user needs root; the attacks above already ran as this user")
+    created = subprocess.run(["id", USER], capture_output=True).returncode != 0
+    if created:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", USER], check=True)
+    yield USER
+    if created:
+        subprocess.run(["userdel", "--remove", USER], capture_output=True)
+
+
+def test_sandbox_attacks_hold_for_an_ordinary_user(ordinary_user):
+    """The same attacks with the system Python as a created non-root user: the isolation
+    (user namespaces) must not depend on privileges."""
+    work = Path(tempfile.mkdtemp(prefix="ordermerge-sbx-"))
+    try:
+        os.chmod(work, 0o755)
+        for f in (SANDBOX_DIR / "sandbox.py", ATTACK_SCRIPT):
+            shutil.copy(f, work / f.name)
+            os.chmod(work / f.name, 0o644)
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        cmd = f"cd /tmp && {python} {work}/sandbox_attacks.py --sandbox {work}"
+        res = subprocess.run(["su", ordinary_user, "-s", "/bin/sh", "-c", cmd],
+                             capture_output=True, text=True, timeout=300)
+        _attack_report(res)
+        assert res.returncode == 0
+    finally:
+        shutil.rmtree(work)
+
+
+def test_humaneval_fails_closed_where_user_namespaces_are_unavailable():
+    """Inside a user namespace whose limit on nested namespaces is 0, no sandbox can be made:
+    the benchmark refuses in one line, unless allow_unsandboxed (then one warning)."""
+    probe = subprocess.run(["unshare", "-Ur", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare -Ur is not available here")
+    code = ("import sys\nfrom ordermerge.evaluate import sandbox_isolation\n"
+            "print(sandbox_isolation({'allow_unsandboxed': True}))\n"
+            "from ordermerge.cli import main\n"
+            "sys.exit(main(['-q', 'evaluate', '--model', 'none', '--benchmark', 'humaneval', "
+            "'--out-dir', sys.argv[1]]))\n")
+    with tempfile.TemporaryDirectory() as out:
+        inner = f"echo 0 > /proc/sys/user/max_user_namespaces && {sys.executable} -c \"$0\" {out}/x"
+        res = subprocess.run(["unshare", "-Ur", "sh", "-c", inner, code], capture_output=True,
+                             text=True, timeout=120)
+        assert not os.path.exists(f"{out}/x")
+    assert res.returncode == 2, res.stderr
+    assert res.stdout.strip() == "False"
+    warning, error = [x for x in res.stderr.splitlines() if x.strip()][-2:]
+    assert warning.startswith("ordermerge: WARNING: running generated code WITHOUT isolation")
+    assert error.startswith("ordermerge evaluate: error: benchmark humaneval: cannot sandbox "
+                            "generated code: unshare(user, mount, pid, net, ipc, uts namespaces)")
+    assert error.endswith("(set allow_unsandboxed: true in this benchmark's settings to run it "
+                          "without isolation)")
+
+
+@pytest.mark.parametrize("value", [None, True, 0, -3, 2**80, 1.5, float("inf"), "s\u00e9", b"\x00",
+                                   [1, (2, 3)], {"a": [1], 2: {3}}, frozenset({1}), ((),)])
+def test_plain_data_round_trips_exactly(value):
+    got = sandbox.decode(json.loads(json.dumps(sandbox.encode(value))))
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("bad", [{"x": 1}, {"f": 1}, {"t": 1}, {"d": [[1]]}, {"f": "1", "t": []}])
+def test_decoding_refuses_anything_but_the_plain_tags(bad):
+    with pytest.raises(ValueError, match="malformed reply"):
+        sandbox.decode(bad)
+
+
+def test_sandboxed_run_sees_no_host_and_runs_unprivileged():
+    probe = ("import os\ndef f():\n    return [os.getuid(), os.getpid(), sorted(os.listdir('/')), "
+             "os.listdir('/tmp')]\n")
+    r = run_program(probe, "def check(c):\n    r = c()\n    assert r == 0, r\n", "f")
+    uid, pid, top, tmp = eval(r.detail.removeprefix("AssertionError: "))
+    assert (uid, pid, tmp) == (1000, 1, [])  # inner uid 1000, PID 1 of its own namespace
+    assert set(top) <= {".sandbox", "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32",
+                        "root", "home", "opt", "sbin", "tmp", "usr", "work"}
+    assert "proc" not in top and "var" not in top
+
+
 def test_all_164_canonical_solutions_pass_and_a_wrong_body_fails():
     from ordermerge.data import humaneval_rows
 
     rows = humaneval_rows()
     assert len(rows) == 164
     failed = [r["id"] for r in rows
-              if not run_program(r["prompt"] + r["response"], r["tests"], r["entry_point"]).passed]
+              if not run_program(r["prompt"] + r["response"], r["tests"], r["entry_point"],
+                                 prelude=r["prompt"]).passed]
     assert failed == []
     r = rows[0]
-    assert not run_program(r["prompt"] + "    return None\n", r["tests"], r["entry_point"]).passed
+    assert not run_program(r["prompt"] + "    return None\n", r["tests"], r["entry_point"],
+                           prelude=r["prompt"]).passed
 
 
 def _items(path: Path) -> list[dict]:

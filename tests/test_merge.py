@@ -496,3 +496,97 @@ def test_refuses_sub_model_from_another_base_or_tokenizer(capsys, tmp_path):
     for i, m in enumerate(models):
         (m / "tokenizer.json").write_text("{}" if i < 2 else '{"x": 1}')
     _run_bad(capsys, tmp_path, base, models, expect="tokenizer mismatch")
+
+
+def _bf16_ties_family(seed: int, shape=(301, 23), n=3):
+    # bf16 task vectors quantised to a few magnitudes: many entries tie at any cut
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g).to(torch.bfloat16)
+    models = []
+    for _ in range(n):
+        step = torch.randint(-3, 4, shape, generator=g).to(torch.float32) * 2**-6
+        models.append((base.float() + step).to(torch.bfloat16))
+    return Group.of("w", base, models)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 0.9])
+def test_ties_keeps_exactly_k_entries_with_bf16_ties(density):
+    from ordermerge.merge.strategies import trim_plan
+
+    g = _bf16_ties_family(int(density * 10))
+    numel = g.base.numel()
+    k = int(density * numel)
+    for m in g.models:
+        for chunk in (numel, 997, 64):
+            plan = trim_plan(g.base, m, density, chunk=chunk)
+            mag = (m.float() - g.base.float()).abs().flatten()
+            cut = plan[0][0]
+            assert int((mag > cut).sum()) + sum(b for _, b in plan) == k
+            # the budget goes to the lowest flat indices, whatever the chunk size
+            tied = torch.nonzero(mag == cut).flatten()
+            kept = [i for c, (_, b) in enumerate(plan) for i in tied[(tied >= c * chunk) & (tied < (c + 1) * chunk)][:b].tolist()]
+            assert kept == tied[: k - int((mag > cut).sum())].tolist()
+
+
+def test_ties_is_independent_of_chunking_and_threads_with_bf16_ties(tmp_path, monkeypatch):
+    from ordermerge.merge import engine
+
+    g = _bf16_ties_family(7, shape=(257, 31))
+    folders = []
+    for i, t in enumerate([g.base, *g.models]):
+        f = tmp_path / f"m{i}"
+        f.mkdir()
+        save_file({"w": t.contiguous()}, str(f / "model.safetensors"))
+        folders.append(f)
+    outs = []
+    for chunk, threads in ((1 << 18, 1), (997, 3), (100, 2)):
+        monkeypatch.setattr(engine, "CHUNK", chunk)
+        monkeypatch.setattr(engine, "_workers", lambda threads=threads: threads)
+        out = tmp_path / f"o{chunk}"
+        merge(folders[0], folders[1:], out, "ties", {"density": 0.3}, progress=False)
+        outs.append((out / "model.safetensors").read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+
+
+@pytest.mark.parametrize("density", [0.2, 0.5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ties_matches_peft_on_bf16_inputs_with_many_ties(density, seed):
+    """PEFT keeps exactly k by torch.topk, whose order among equal magnitudes is unspecified:
+    the kept counts must agree, and so must every result no tie at a cut can touch."""
+    from peft.utils.merge_utils import magnitude_based_pruning
+    from peft.utils.merge_utils import ties as peft_ties
+
+    g = _bf16_ties_family(seed)
+    w = [1.0, 0.5, 2.0]
+    out = REGISTRY["ties"].fn(g, w, None, density=density, **{"lambda": 1.0}).tensor
+    taus = [m.float() - g.base.float() for m in g.models]
+    ref = g.base.float() + peft_ties(taus, torch.tensor(w), density)
+    k = int(density * g.base.numel())
+    untouched = torch.ones(g.base.shape, dtype=torch.bool)
+    for t in taus:
+        assert int((magnitude_based_pruning(t, density) != 0).sum()) <= k
+        cut = trim_threshold_of(t, k)
+        untouched &= t.abs() != cut
+    assert untouched.float().mean() > 0.3  # the comparison covers a good share of entries
+    assert torch.equal(out[untouched], ref[untouched])
+
+
+def trim_threshold_of(t: torch.Tensor, k: int) -> float:
+    return float(t.abs().flatten().kthvalue(t.numel() - k + 1).values)
+
+
+def test_ties_kept_counts_equal_peft_exactly():
+    from peft.utils.merge_utils import magnitude_based_pruning
+
+    from ordermerge.merge.strategies import trim_plan
+
+    g = _bf16_ties_family(3)
+    for density in (0.1, 0.3, 0.5):
+        for m in g.models:
+            t = m.float() - g.base.float()
+            peft_mask = torch.zeros(t.numel(), dtype=torch.bool)
+            peft_mask[torch.topk(t.abs().flatten(), int(density * t.numel())).indices] = True
+            cut, budget = trim_plan(g.base, m, density, chunk=t.numel())[0]
+            ours = int((t.abs() > cut).sum()) + budget
+            assert ours == int(peft_mask.sum()) == int(density * t.numel())
+            assert int((magnitude_based_pruning(t, density) != 0).sum()) <= ours  # zeros drop out

@@ -14,9 +14,6 @@ import pytest
 import yaml
 from conftest import ROOT, SNAKEMAKE, make_workdir
 
-CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
-REQUIRED = os.environ.get("ORDERMERGE_REQUIRE_SLURM") == "1"
-
 
 class _Resources(dict):
     """What the plugin reads from job.resources: .get() and attribute access."""
@@ -97,17 +94,7 @@ def test_gpu_model_and_gres_variants_reach_sbatch(tmp_path):
 # A real cluster
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    res = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
-        reason = (res.stderr.strip().splitlines() or ["cluster.sh start failed"])[-1]
-        if REQUIRED:
-            pytest.fail(f"ORDERMERGE_REQUIRE_SLURM=1 but the SLURM cluster did not start: {reason}")
-        pytest.skip(f"no SLURM cluster on this machine: {reason}")
-    conf = subprocess.run(["bash", str(CLUSTER), "env"], capture_output=True, text=True).stdout
-    env = dict(line.split("=", 1) for line in conf.split())
-    yield env
+# The cluster itself: the session fixture `slurm_cluster` in conftest.py.
 
 
 # CPU overrides of the profile's GPU requests: one CPU and at most 3 GB per job, so two jobs

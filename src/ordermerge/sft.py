@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_output
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
 from .text import IGNORE, collate, encode, read_jsonl, response_logits
@@ -91,6 +90,17 @@ def _schedule(name: str, step: int, total: int, warmup: int) -> float:
     raise OrdermergeError(f"sft config: schedule {name!r}: expected linear, cosine or constant")
 
 
+def _clear_scratch(scratch: Path) -> None:
+    """Remove the checkpoint this loop wrote, and the folder only if nothing else is in it:
+    --scratch may name a folder that holds other things."""
+    for name in ("ckpt.pt", "ckpt.pt.partial"):
+        (scratch / name).unlink(missing_ok=True)
+    try:
+        scratch.rmdir()
+    except OSError:
+        pass
+
+
 def _save_ckpt(scratch: Path, state: dict[str, Any]) -> None:
     tmp = scratch / "ckpt.pt.partial"
     torch.save(state, tmp)
@@ -111,6 +121,7 @@ def train(
     from transformers import AutoModelForCausalLM
 
     base, out = Path(base), Path(out)
+    check_output(out, SFT_META, [base, data, order_path])  # before training, not after
     scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
     rank, world = _dist()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
@@ -221,7 +232,7 @@ def train(
         if cfg.lora_r > 0:
             model = model.merge_and_unload()  # merging always sees full weights
         _save(model, tok, base, out, save_dtype, log, cfg, order_path, data)
-        shutil.rmtree(scratch, ignore_errors=True)
+        _clear_scratch(scratch)
     if world > 1:
         import torch.distributed as dist
 
@@ -232,7 +243,7 @@ def train(
 def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data) -> None:
     model = model.to("cpu", save_dtype)
     model.config.dtype = str(save_dtype).removeprefix("torch.")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, SFT_META, [base, data, order_path]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         with open(tmp / "train_log.jsonl", "w") as f:

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # A real one-node SLURM cluster on this machine, for the tests and CI (Debian slurm-wlm + munge).
-#   cluster.sh install   apt-get the packages if missing (root)
-#   cluster.sh start     (re)start munged, slurmctld, slurmd; wait until the node is idle
-#   cluster.sh stop      stop the daemons this script started
+#   cluster.sh install   apt-get the packages if missing (root): slurm-wlm, munge
+#   cluster.sh start     (re)start munged, slurmctld, slurmd; wait until the node is idle;
+#                        prints "started" (this call started them) or "running" (already up)
+#   cluster.sh stop      stop the daemons this script started and remove their folder
 #   cluster.sh env       print the variables a client needs (SLURM_CONF)
 # Idempotent and safe after a crash: a start first clears whatever an earlier, killed run left
 # (daemons, pid files, a stale munge socket, old job state), so a half-dead cluster never makes
 # a client wait on an unreachable controller.
+# The cluster's files live in a fresh `mktemp -d` folder (no fixed path in world-writable /tmp
+# that someone could plant a symlink at); its name is kept in $POINTER, in root-only /run.
 set -euo pipefail
 
-DIR=${ORDERMERGE_SLURM_DIR:-/tmp/ordermerge-slurm}
+POINTER=${ORDERMERGE_SLURM_POINTER:-/run/ordermerge-slurm.dir}
+DIR=$(cat "$POINTER" 2>/dev/null || true)
 CONF=$DIR/slurm.conf
 ETC=/etc/slurm/slurm.conf
 MUNGE_SOCKET=/run/munge/munge.socket.2
@@ -24,6 +28,7 @@ install() {
     fi
     [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are not installed and installing them needs root"
     command -v apt-get >/dev/null || die "slurm-wlm and munge are not installed and apt-get is not available"
+    say "installing Debian's slurm-wlm and munge (apt-get) for the SLURM tests"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq </dev/null >/dev/null || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends slurm-wlm munge </dev/null >/dev/null \
@@ -50,6 +55,7 @@ node_idle() {
 }
 
 stop() {
+    [ -n "$DIR" ] || return 0
     kill_pidfile "$DIR/slurmd.pid"
     kill_pidfile "$DIR/slurmctld.pid"
     kill_pidfile "$DIR/munged.pid"
@@ -58,6 +64,11 @@ stop() {
     pkill -f -- "munged --force --pid-file=$DIR/munged.pid" 2>/dev/null || true
     # our link only: a cluster's own /etc/slurm/slurm.conf is never touched
     if [ -L "$ETC" ] && [ "$(readlink "$ETC")" = "$CONF" ]; then rm -f "$ETC"; fi
+    case "$DIR" in  # our mktemp folder, and nothing else
+        "${TMPDIR:-/tmp}"/ordermerge-slurm.*) rm -rf "$DIR" ;;
+    esac
+    rm -f "$POINTER"
+    DIR=""
 }
 
 write_conf() {
@@ -101,16 +112,20 @@ CONF
 
 start() {
     install
-    if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && [ -f "$CONF" ] && node_idle; then
+    if [ -n "$DIR" ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && [ -f "$CONF" ] \
+        && node_idle; then
         link_conf
+        echo running
         return 0
     fi
     # whatever a killed earlier run left behind
     stop
     pkill -x slurmctld 2>/dev/null || true
     pkill -x slurmd 2>/dev/null || true
-    rm -rf "$DIR"
-    mkdir -p "$DIR"
+    DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordermerge-slurm.XXXXXX")
+    chmod 755 "$DIR"
+    CONF=$DIR/slurm.conf
+    echo "$DIR" >"$POINTER"
     write_conf
     link_conf
 
@@ -140,6 +155,7 @@ start() {
     for _ in $(seq 60); do
         if node_idle; then
             say "one-node cluster up ($(hostname -s), $(nproc) CPUs), SLURM_CONF=$CONF"
+            echo started
             return 0
         fi
         sleep 1
@@ -164,6 +180,6 @@ case "${1:-}" in
     install) install ;;
     start) start ;;
     stop) stop ;;
-    env) echo "SLURM_CONF=$CONF" ;;
+    env) [ -n "$DIR" ] || die "no cluster is running (cluster.sh start)"; echo "SLURM_CONF=$CONF" ;;
     *) die "usage: cluster.sh install|start|stop|env" ;;
 esac

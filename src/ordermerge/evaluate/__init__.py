@@ -78,6 +78,7 @@ def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
     from .generate import BATCH_SIZE, generate
     from .sandbox import run_program
 
+    isolate = sandbox_isolation(cfg)
     rows = humaneval_rows()[: cfg.get("limit")]
     n = int(cfg.get("n_samples", 1))
     ks = [k for k in cfg.get("k", [1]) if k <= n]
@@ -98,7 +99,8 @@ def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
     items = []
     for r, outs in zip(rows, samples, strict=True):
         results = [run_program(extract_code(r["prompt"], o, r["entry_point"]), r["tests"],
-                               r["entry_point"], cfg.get("timeout", 10.0)) for o in outs]
+                               r["entry_point"], cfg.get("timeout", 10.0), prelude=r["prompt"],
+                               isolate=isolate) for o in outs]
         c = sum(x.passed for x in results)
         item = {"id": r["id"], "prompt": r["prompt"], "completion": outs[0], "reference": None,
                 "status": [x.status for x in results], "n": n, "correct": c,
@@ -107,6 +109,31 @@ def _humaneval(model, tok, cfg: dict[str, Any], progress: bool):
             item[f"pass@{k}"] = pass_at_k(n, c, k)
         items.append(item)
     return "pass@1", items, speed
+
+
+def sandbox_isolation(cfg: dict[str, Any]) -> bool:
+    """True where generated code can run isolated. Where it cannot, fail closed: one line
+    naming what is missing, unless the benchmark's settings say `allow_unsandboxed: true`
+    (then one warning, and the code runs with rlimits only)."""
+    import sys
+
+    from .sandbox import isolation_problem
+
+    problem = isolation_problem()
+    if problem is None:
+        return True
+    if not cfg.get("allow_unsandboxed", False):
+        raise OrdermergeError(
+            f"benchmark humaneval: cannot sandbox generated code: {problem} (set "
+            "allow_unsandboxed: true in this benchmark's settings to run it without isolation)")
+    if not _WARNED:
+        _WARNED.append(True)
+        sys.stderr.write(f"ordermerge: WARNING: running generated code WITHOUT isolation "
+                         f"({problem}); it can read and write your files and reach the network\n")
+    return False
+
+
+_WARNED: list[bool] = []  # one warning per process
 
 
 def _lm_eval(model_dir: Path, cfg: dict[str, Any]):
@@ -148,12 +175,24 @@ def _lm_eval(model_dir: Path, cfg: dict[str, Any]):
     return f"{first}/{metric}", items, {"lm_eval": aggregates}
 
 
+EVAL_META = "ordermerge_eval.json"  # the benchmarks an evaluation folder holds; marks it as ours
+
+
+def _inputs(model_dir: str | Path, cfg: dict[str, Any]) -> list[str | Path]:
+    return [model_dir, *(cfg[k] for k in ("data", "fewshot_path", "include_path") if cfg.get(k))]
+
+
 def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir: str | Path,
              name: str | None = None, progress: bool = True,
              loaded: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Run one benchmark on one model folder; write `{name}.json` and `{name}.items.jsonl`.
 
-    `loaded` = (model, tokenizer) already in memory (evaluate_suite loads them once)."""
+    `loaded` = (model, tokenizer) already in memory (evaluate_suite loads them once, and
+    checks its own output folder)."""
+    from ..atomic import atomic_file, check_output
+
+    if loaded is None:
+        check_output(out_dir, EVAL_META, _inputs(model_dir, cfg))
 
     if benchmark not in BENCHMARKS:
         raise OrdermergeError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
@@ -161,6 +200,8 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     if unknown:
         raise OrdermergeError(f"benchmark {benchmark}: unknown setting {unknown[0]!r} "
                               f"(accepted: {', '.join(sorted(KEYS[benchmark]))})")
+    if benchmark == "humaneval":
+        sandbox_isolation(cfg)  # refuse before loading a model, not after generating
     name = name or benchmark
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     t0 = time.perf_counter()
@@ -185,10 +226,14 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     if "lm_eval" in speed:
         result["lm_eval"] = speed["lm_eval"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out_dir / f"{name}.items.jsonl", items)
-    tmp = out_dir / f".{name}.json.partial"
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out_dir / f"{name}.json")  # written last: its presence means the items are complete
+    with atomic_file(out_dir / f"{name}.items.jsonl") as tmp:
+        write_jsonl(tmp, items)
+    with atomic_file(out_dir / f"{name}.json") as tmp:  # last: its presence means the items are complete
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    meta = out_dir / EVAL_META
+    held = json.loads(meta.read_text())["benchmarks"] if meta.exists() else []
+    with atomic_file(meta) as tmp:
+        tmp.write_text(json.dumps({"benchmarks": sorted({*held, name})}) + "\n")
     return result
 
 
@@ -213,7 +258,11 @@ def evaluate_suite(model_dir: str | Path, suite: dict[str, dict[str, Any]], out_
         if not isinstance(spec, dict) or spec.get("benchmark") not in BENCHMARKS:
             raise OrdermergeError(f"evaluate --suite: {name}: expected {{\"benchmark\": one of "
                                   f"{', '.join(BENCHMARKS)}, \"settings\": {{...}}}}")
-    with atomic_dir(out_dir) as tmp:
+    for spec in suite.values():
+        if spec["benchmark"] == "humaneval":
+            sandbox_isolation(spec.get("settings", {}))
+    inputs = [p for spec in suite.values() for p in _inputs(model_dir, spec.get("settings", {}))]
+    with atomic_dir(out_dir, EVAL_META, inputs) as tmp:
         loaded = None
         if any(s["benchmark"] != "lm_eval" for s in suite.values()):
             loaded = _load(model_dir)

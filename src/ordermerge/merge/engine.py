@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_output
 from ..safetensors_io import (
     CheckpointReader,
     ShardedWriter,
@@ -43,6 +43,7 @@ COPIED_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+MERGE_META = "merge.json"  # marks a folder as a merge's output (atomic.check_output)
 DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -142,6 +143,11 @@ def merge(
         raise OrdermergeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_BY_NAME)}")
     base, out = Path(base), Path(out)
     models = [Path(m) for m in models]
+    real = [os.path.realpath(m) for m in models]
+    for i, m in enumerate(models):
+        if real[i] in real[:i]:
+            raise OrdermergeError(f"--models: {m} is given twice (it would count twice in the merge)")
+    check_output(out, MERGE_META, [base, *models])
     with ExitStack() as opened:  # every reader is closed, whatever happens
         base_r = opened.enter_context(CheckpointReader(base))
         model_rs = [opened.enter_context(CheckpointReader(m)) for m in models]
@@ -176,7 +182,7 @@ def _merge(
     specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
     readers = [*model_rs, base_r]  # the row order of a Group's stack: θ1..θN, then θ0
 
-    def merge_chunk(name: str, chunk: int, stats: list[float] | None) -> tuple[list[int], Any]:
+    def merge_chunk(name: str, chunk: int, stats: list[list[Any]] | None) -> tuple[list[int], Any]:
         """Merge elements [chunk·CHUNK, …) of one tensor; returns the zero task-vector count
         per sub-model and, for selection, the picks per sub-model."""
         info = base_r.infos[name]
@@ -194,17 +200,17 @@ def _merge(
             bad = next(i for i in range(len(readers)) if not bool(torch.isfinite(g.stack[i]).all()))
             raise OrdermergeError(f"{readers[bad].infos[name].shard}: tensor {name} contains NaN or Inf")
         zeros = [count - int(np.count_nonzero(ch)) for ch in g.changed.numpy()]
-        extra = {} if stats is None else {"stats": stats}
+        extra = {} if stats is None else {"stats": [s[chunk] for s in stats]}
         res = strat.fn(g, w, chunk_rng(seed, name, chunk), **params, **extra)
         writer.write(name, res.tensor.to(out_dtype[name]), first)
         return zeros, res.picks
 
-    def prepare(name: str, pool: ThreadPoolExecutor) -> list[float] | None:
-        # whole-tensor statistics (TIES's trim cut), one sub-model per worker
+    def prepare(name: str, pool: ThreadPoolExecutor) -> list[list[Any]] | None:
+        # whole-tensor statistics, one per chunk (TIES's trim plan), one sub-model per worker
         if strat.prepare is None or not base_r.infos[name].dtype.is_floating_point:
             return None
         b = base_r.get(name)
-        return list(pool.map(lambda r: strat.prepare(b, r.get(name), **params), model_rs))
+        return list(pool.map(lambda r: strat.prepare(b, r.get(name), chunk=CHUNK, **params), model_rs))
 
     zero = {i: dict.fromkeys(names, 0) for i in range(len(models))}
     picks = torch.zeros(len(models), dtype=torch.long)
@@ -215,7 +221,8 @@ def _merge(
     try:
         # a merge killed by kill -9 or the OOM killer leaves only a hidden partial folder,
         # removed by the next merge into `out`
-        with atomic_dir(out) as tmp, ShardedWriter(tmp, specs, max_shard_size) as writer:
+        with atomic_dir(out, MERGE_META, [base, *models]) as tmp, \
+                ShardedWriter(tmp, specs, max_shard_size) as writer:
             # chunks run on a thread pool (torch and pread release the GIL), one torch thread
             # each; at most 2 chunks per worker are in flight, so memory stays a few chunks
             torch.set_num_threads(1)
@@ -252,7 +259,7 @@ def _merge(
                 "bytes_written": writer.bytes_written,
                 "seconds": round(elapsed, 3),
             }
-            (tmp / "merge.json").write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
+            (tmp / MERGE_META).write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
     except OSError as e:  # disk full, quota, I/O error: one line, and nothing left behind
         where = f" ({e.filename})" if e.filename else ""
         raise OrdermergeError(

@@ -1,11 +1,11 @@
 """Merge strategies: one short function per method, over the values of ONE parameter name.
 
-Notation (as in DESIGN.md): base θ0, sub-models θ1..θN, task vectors τi = θi − θ0, weights w.
+Notation: base θ0, sub-models θ1..θN, task vectors τi = θi − θ0, weights w.
 Each function receives a `Group` (the N sub-model slices and the base slice, stacked, plus cached
 exact "changed" masks), the weights and a generator, and returns the merged slice. The engine
 calls it on consecutive chunks of a tensor's flattened elements (see CHUNK); every method
-is elementwise given its per-tensor statistics (TIES's trim thresholds, computed over the whole
-tensor by the strategy's `prepare`). Arithmetic strategies compute in float32 (or wider); the
+is elementwise given its per-chunk statistics (TIES's trim cut and tie budget, computed over
+the whole tensor by the strategy's `prepare`). Arithmetic strategies compute in float32 (or wider); the
 engine casts to the output dtype.
 """
 
@@ -117,8 +117,8 @@ class Merged:
     picks: torch.Tensor | None = None  # selection only: elements taken from each sub-model
 
 
-# prepare(base, model, **params) -> one statistic of a sub-model's whole tensor
-Prepare = Callable[..., float]
+# prepare(base, model, chunk=…, **params) -> one statistic per chunk, from a sub-model's whole tensor
+Prepare = Callable[..., list[Any]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Strategy:
     fn: Callable[..., Merged]
     params: dict[str, Param] = field(default_factory=dict)
     normalise_weights: bool = True
-    prepare: Prepare | None = None  # per-tensor statistic, passed to fn as `stats`
+    prepare: Prepare | None = None  # per-chunk statistics, passed to fn as `stats`
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -198,9 +198,15 @@ def task_arithmetic(g: Group, w: list[float], rng: Rng, **p: float) -> Merged:
     return Merged(acc)
 
 
-def trim_threshold(base: torch.Tensor, model: torch.Tensor, density: float, **_: Any) -> float:
-    """TIES's magnitude cut for one sub-model's whole tensor: the k-th largest |τ|,
-    k = int(density·numel); 0 keeps everything, +inf nothing.
+def _magnitudes(base: torch.Tensor, model: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
+    """|τ| chunk by chunk, in the compute dtype the merge uses (float32, or float64)."""
+    dt = torch.promote_types(model.dtype, torch.float32)
+    for b, m in zip(base.flatten().split(chunk), model.flatten().split(chunk), strict=True):
+        yield m.to(dt, copy=True).sub_(b).abs_()
+
+
+def _kth_largest(base: torch.Tensor, model: torch.Tensor, k: int) -> tuple[float, int, int]:
+    """(c, #{|τ| > c}, #{|τ| = c}) for c the k-th largest |τ|, 0 < k < numel.
 
     An exact radix select rather than a sort: the float32 bits of |τ| ≥ 0 order like the
     values, so a histogram of the high 16 bits, then one of the low 16 bits inside the bin that
@@ -208,26 +214,58 @@ def trim_threshold(base: torch.Tensor, model: torch.Tensor, density: float, **_:
     beyond the two inputs stays at one chunk (torch.kthvalue copies the tensor and adds int64
     indices: 3x the input in float32)."""
     numel = base.numel()
+    if model.dtype == torch.float64:  # rare enough for the simple way
+        mag = (model - base).abs().flatten()
+        cut = mag.kthvalue(numel - k + 1).values
+        return float(cut), int((mag > cut).sum()), int((mag == cut).sum())
+
+    def bits() -> Iterator[np.ndarray]:
+        for mag in _magnitudes(base, model, CHUNK):
+            yield mag.view(torch.int32).numpy()
+
+    rank = numel - k  # 0-based, ascending
+    high = sum(np.bincount(x >> 16, minlength=1 << 15) for x in bits())
+    h = int(np.searchsorted(np.cumsum(high), rank, side="right"))
+    rank -= int(high[:h].sum())
+    low = sum(np.bincount(x[(x >> 16) == h] & 0xFFFF, minlength=1 << 16) for x in bits())
+    lo = int(np.searchsorted(np.cumsum(low), rank, side="right"))
+    cut = float(np.array((h << 16) | lo, dtype=np.int32).view(np.float32))
+    return cut, int(high[h + 1:].sum() + low[lo + 1:].sum()), int(low[lo])
+
+
+def trim_threshold(base: torch.Tensor, model: torch.Tensor, density: float, **_: Any) -> float:
+    """TIES's magnitude cut for one sub-model's whole tensor: the k-th largest |τ|,
+    k = int(density·numel); 0 keeps everything, +inf nothing."""
+    numel = base.numel()
     k = int(density * numel)
     if k >= numel:
         return 0.0
+    return _kth_largest(base, model, k)[0] if k else float("inf")
+
+
+def trim_plan(base: torch.Tensor, model: torch.Tensor, density: float, chunk: int,
+              **_: Any) -> list[tuple[float, int]]:
+    """TIES's trim of one sub-model's tensor as one (cut c, tie budget) pair per chunk: the
+    chunk keeps every entry with |τ| > c and its first `budget` entries with |τ| = c, so the
+    tensor keeps exactly k = int(density·numel) entries, ties broken by the lowest flat index
+    (whatever the chunk size or thread count)."""
+    numel = base.numel()
+    n_chunks = max(1, -(-numel // chunk))
+    k = int(density * numel)
     if k == 0:
-        return float("inf")
-    if model.dtype == torch.float64:  # rare enough for the simple way
-        return float((model - base).abs().flatten().kthvalue(numel - k + 1).values)
-
-    def magnitude_bits() -> Iterator[np.ndarray]:
-        for b, m in zip(base.flatten().split(CHUNK), model.flatten().split(CHUNK), strict=True):
-            yield m.to(torch.float32, copy=True).sub_(b).abs_().view(torch.int32).numpy()
-
-    rank = numel - k  # 0-based, ascending
-    high = sum(np.bincount(bits >> 16, minlength=1 << 15) for bits in magnitude_bits())
-    h = int(np.searchsorted(np.cumsum(high), rank, side="right"))
-    rank -= int(high[:h].sum())
-    low = sum(np.bincount(bits[(bits >> 16) == h] & 0xFFFF, minlength=1 << 16)
-              for bits in magnitude_bits())
-    lo = int(np.searchsorted(np.cumsum(low), rank, side="right"))
-    return float(np.array((h << 16) | lo, dtype=np.int32).view(np.float32))
+        return [(float("inf"), 0)] * n_chunks
+    if k >= numel:
+        return [(0.0, chunk)] * n_chunks  # every entry, 0 included
+    cut, greater, tied = _kth_largest(base, model, k)
+    budget = k - greater  # tied entries to keep, 1 ≤ budget ≤ tied
+    if budget == tied:
+        return [(cut, chunk)] * n_chunks
+    plan = []
+    for mag in _magnitudes(base, model, chunk):  # hand the budget out in index order
+        here = min(budget, int((mag == cut).sum()))
+        plan.append((cut, here))
+        budget -= here
+    return plan
 
 
 def _disjoint_mean(taus: list[torch.Tensor], w: list[float]) -> torch.Tensor:
@@ -246,19 +284,26 @@ def _disjoint_mean(taus: list[torch.Tensor], w: list[float]) -> torch.Tensor:
     return acc / count.clamp(min=1.0)
 
 
-@register("ties", normalise_weights=False, prepare=trim_threshold)
+@register("ties", normalise_weights=False, prepare=trim_plan)
 def ties(
-    g: Group, w: list[float], rng: Rng, stats: list[float] | None = None, **p: float
+    g: Group, w: list[float], rng: Rng, stats: list[tuple[float, int]] | None = None, **p: float
 ) -> Merged:
     """θ = θ0 + λ·disjoint_mean(trim_density(τ_i)) (Yadav et al. 2023, TIES-merging).
 
-    trim keeps the entries of τ_i with |τ_i| ≥ its tensor's k-th largest |τ_i|,
-    k = int(density·numel) (ties at the cut are kept; `stats` holds the cuts); disjoint_mean
-    elects γ = sign(Σ_i τ̂_i) and averages w_i τ̂_i over the sub-models whose sign agrees with γ.
+    trim keeps exactly k = int(density·numel) entries of each τ_i, those of largest |τ_i|
+    (ties at the cut: the lowest flat indices first; `stats` holds each sub-model's cut and tie
+    budget for this chunk, from trim_plan); disjoint_mean elects γ = sign(Σ_i τ̂_i) and averages
+    w_i τ̂_i over the sub-models whose sign agrees with γ.
     """
     if stats is None:  # a whole tensor, called directly rather than chunked by the engine
-        stats = [trim_threshold(g.base, m, p["density"]) for m in g.models]
-    taus = [t * (t.abs() >= cut) for t, cut in zip(g.task_vectors(), stats, strict=True)]
+        stats = [trim_plan(g.base, m, p["density"], chunk=max(1, g.base.numel()))[0] for m in g.models]
+    taus = []
+    for t, (cut, budget) in zip(g.task_vectors(), stats, strict=True):
+        mag = t.abs()
+        tied = (mag == cut).flatten()
+        if int(tied.sum()) > budget:
+            tied &= tied.cumsum(0) <= budget
+        taus.append(t * ((mag > cut) | tied.view(mag.shape)))
     return Merged(g.base.to(g.compute_dtype) + p["lambda"] * _disjoint_mean(taus, w))
 
 
