@@ -150,7 +150,8 @@ def test_kill_9_of_an_evaluation_suite_leaves_nothing_half_written(eval_case, tm
     res = run([*cmd, "--out-dir", str(out)])
     assert res.returncode == 0, res.stderr
     assert _results(out) == _results(ref)
-    assert sorted(_results(out)) == ["gsm.items.jsonl", "gsm.json", "loss.items.jsonl", "loss.json"]
+    assert sorted(_results(out)) == ["gsm.items.jsonl", "gsm.json", "loss.items.jsonl", "loss.json",
+                                     "ordermerge_eval.json"]
     assert litter(tmp_path) == []
 
 

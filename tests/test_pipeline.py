@@ -56,9 +56,10 @@ def test_full_tiny_dag_outputs(tiny_run):
 
     assert files(res / "eval/order1") == [
         "gsm_id.items.jsonl", "gsm_id.json", "loss_id.items.jsonl", "loss_id.json",
-        "loss_ood.items.jsonl", "loss_ood.json"]
+        "loss_ood.items.jsonl", "loss_ood.json", "ordermerge_eval.json"]
     assert files(res / "eval/selection_resample-n2-s0") == [
-        "loss_id.items.jsonl", "loss_id.json", "loss_ood.items.jsonl", "loss_ood.json"]
+        "loss_id.items.jsonl", "loss_id.json", "loss_ood.items.jsonl", "loss_ood.json",
+        "ordermerge_eval.json"]
     assert not list(res.rglob(".*.partial*"))
 
 
