@@ -56,10 +56,10 @@ def main() -> None:
         print(f"order {k}: {len(log)} steps in {dt:.1f} s (incl. load), {tokens} response tokens, "
               f"steady {tps:.0f} tokens/s, MFU {100 * mfu:.2f}% (response tokens only)")
         subs.append(w / f"m{k}")
-    for strategy, params in (("weighted_average", {}), ("parameter_selection", {"resample": True})):
-        meta = merge(base, subs, w / f"merged-{strategy}", strategy, params, progress=False)
+    for method, params in (("weighted_average", {}), ("parameter_selection", {"resample": True})):
+        meta = merge(base, subs, w / f"merged-{method}", method, params, progress=False)
         s = meta["summary"]
-        print(f"merge {strategy}: {s['seconds']:.2f} s, {s['bytes_read'] / 1e9 / s['seconds']:.2f} GB/s")
+        print(f"merge {method}: {s['seconds']:.2f} s, {s['bytes_read'] / 1e9 / s['seconds']:.2f} GB/s")
 
 
 if __name__ == "__main__":

@@ -30,12 +30,12 @@ from workdir import work_dir
 
 ORDERMERGE = [
     ("weighted_average", []),
-    ("parameter_selection", ["--param", "resample=false"]),
-    ("parameter_selection", ["--param", "resample=true"]),
+    ("parameter_selection", ["--config", '{"resample": false}']),
+    ("parameter_selection", ["--config", '{"resample": true}']),
     ("task_arithmetic", []),
-    ("ties", ["--param", "density=0.5"]),
-    ("dare_linear", ["--param", "drop_rate=0.5"]),
-    ("dare_ties", ["--param", "drop_rate=0.5"]),
+    ("ties", ["--config", '{"density": 0.5}']),
+    ("dare_linear", ["--config", '{"drop_rate": 0.5}']),
+    ("dare_ties", ["--config", '{"drop_rate": 0.5}']),
 ]
 MERGEKIT = {
     "linear": {"weight": 1.0},
@@ -152,9 +152,9 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {}
     jobs: list[tuple[str, list[str]]] = []
     for strat, extra in ORDERMERGE:
-        label = "ordermerge " + strat + ("+resample" if "resample=true" in extra else "")
+        label = "ordermerge " + strat + ("+resample" if '"resample": true' in " ".join(extra) else "")
         jobs.append((label, [sys.executable, "-m", "ordermerge", "-q", "merge", "--base", str(work / "base"),
-                             "--models", *subs, "--strategy", strat, *extra, "--out", str(work / "out-om")]))
+                             "--models", *subs, "--method", strat, *extra, "--out", str(work / "out-om")]))
     if a.mergekit:
         for method, params in MERGEKIT.items():
             models = [{"model": s, "parameters": params} for s in subs]
@@ -187,8 +187,8 @@ def main() -> None:
             d = work / f"scale{layers}"
             build(d, layers, a.hidden, a.intermediate, a.vocab // 4, 2)
             w, m = timed([sys.executable, "-m", "ordermerge", "-q", "merge", "--base", str(d / "base"),
-                          "--models", str(d / "m1"), str(d / "m2"), "--strategy", "parameter_selection",
-                          "--param", "resample=true", "--out", str(d / "out")], env)
+                          "--models", str(d / "m1"), str(d / "m2"), "--method", "parameter_selection",
+                          "--config", '{"resample": true}', "--out", str(d / "out")], env)
             print(f"| {layers} layers | {w:.2f} s | {m:.0f} MB |")
 
 

@@ -24,7 +24,7 @@ import torch
 from ordermerge.models import load_model, load_tokenizer
 from ordermerge.orders import make_order, write_order
 from ordermerge.sft import SFTConfig, train
-from ordermerge.text import IGNORE, collate, encode, read_jsonl
+from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode, read_jsonl
 
 
 def plain_loop(base: str, batches: list[list[tuple[list[int], int]]], pad: int, dtype: str) -> list[float]:
@@ -62,7 +62,7 @@ def main() -> None:
     order = make_order(ids, 1, 1)
     tok = load_tokenizer(a.base)
     by_id = {r["id"]: r for r in rows}
-    enc = [encode(tok, by_id[i]["prompt"], by_id[i]["response"], "", a.max_length) for i in order["epochs"][0]]
+    enc = [encode(tok, by_id[i]["prompt"], by_id[i]["response"], DEFAULT_PROMPT, a.max_length) for i in order["epochs"][0]]
     batches = [enc[s : s + a.batch_size] for s in range(0, a.steps * a.batch_size, a.batch_size)]
     tokens = [sum(len(x[0]) for x in b) for b in batches]
     with tempfile.TemporaryDirectory() as d:

@@ -15,7 +15,8 @@ import yaml
 from conftest import ROOT
 
 from ordermerge import OrdermergeError
-from ordermerge.config import BENCHMARK_SETTINGS, BENCHMARKS, SCHEMA, load_config, validate_config
+from ordermerge.catalog import BENCHMARKS, DTYPES, METHODS
+from ordermerge.config import SCHEMA, load_config, load_schema, validate_config
 
 TINY = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
 E = ("experiments", "tiny")
@@ -79,7 +80,7 @@ CASES = [
     ("misspelled merge parameter", setp(("merges", "ties", "params"), {"densty": 0.5}),
      "config key merges.ties.params: unknown key ('densty' was unexpected)"),
     ("parameter of another method", setp(("merges", "ties", "params"), {"resample": True}),
-     "config key merges.ties.params: strategy ties: unknown parameter 'resample' (accepted: density, lambda)"),
+     "config key merges.ties.params: method ties: unknown parameter 'resample' (accepted: density, lambda)"),
     ("resample as text", setp(("merges", "selection", "params"), {"resample": "yes"}),
      "config key merges.selection.params.resample: 'yes' is not of type 'boolean'"),
     ("TIES density 1.5", setp(("merges", "ties", "params"), {"density": 1.5}),
@@ -98,11 +99,21 @@ CASES = [
     ("no merge seeds", setp(("merge_seeds",), []), "config key merge_seeds: [] should be non-empty"),
     ("duplicate ablation sizes", setp(("ablation", "sizes"), [2, 2]), "config key ablation.sizes: [2, 2] has non-unique elements"),
     ("ablation size = N", setp(("ablation", "sizes"), [3]), "config key ablation.sizes: 3 must be below experiments.tiny.orders.n = 3"),
-    ("unknown ablation strategy", setp(("ablation", "strategies"), ["selection_resampl"]),
-     "config key ablation.strategies: 'selection_resampl' is not a name under merges"),
+    ("unknown ablation merge", setp(("ablation", "merges"), ["selection_resampl"]),
+     "config key ablation.merges: 'selection_resampl' is not a name under merges"),
     ("unknown benchmark", setp(("benchmarks", "gsm_id", "benchmark"), "gsm9k"), "config key benchmarks.gsm_id.benchmark: 'gsm9k' is not one of"),
     ("unknown benchmark setting", setp(("benchmarks", "gsm_id", "settings"), {"limt": 4}),
      "config key benchmarks.gsm_id.settings: unknown setting 'limt' for benchmark gsm8k"),
+    ("benchmark limit as text", setp(("benchmarks", "gsm_id", "settings"), {"limit": "abc"}),
+     "config key benchmarks.gsm_id.settings.limit: 'abc' is not of type 'integer'"),
+    ("zero new tokens", setp(("benchmarks", "gsm_id", "settings"), {"max_new_tokens": 0}),
+     "config key benchmarks.gsm_id.settings.max_new_tokens: 0 is less than the minimum of 1"),
+    ("batch size as text", setp(("benchmarks", "loss_id", "settings"), {"batch_size": "8"}),
+     "config key benchmarks.loss_id.settings.batch_size: '8' is not of type 'integer'"),
+    ("data set by hand", setp(("benchmarks", "loss_id", "settings"), {"data": "x.jsonl"}),
+     "config key benchmarks.loss_id.settings: 'data' is set by the workflow"),
+    ("unknown prompt key", setp((*E, "prompt"), {"system": "hi"}),
+     "config key experiments.tiny.prompt: unknown key ('system' was unexpected)"),
     ("unknown split", setp(("benchmarks", "loss_id", "split"), "test"), "config key benchmarks.loss_id.split: 'test' is not one of"),
     ("unknown model set", setp(("benchmarks", "gsm_id", "models"), "some"), "config key benchmarks.gsm_id.models: 'some' is not one of"),
     ("test_ood without gsm_symbolic", set_data(format="alpaca", path="configs/tiny.yaml"),
@@ -160,17 +171,17 @@ NO_DEFAULT = {
     "experiments.*.data.path": "required or not depending on the format (checked in code)",
     "experiments.*.data.test_path": "absent = held out from path",
     "experiments.*.data.columns": "absent = the format's own column names",
-    "merges.*.params.resample": "per-method defaults live in ordermerge.merge.params",
-    "merges.*.params.lambda": "per-method defaults live in ordermerge.merge.params",
-    "merges.*.params.density": "per-method defaults live in ordermerge.merge.params",
-    "merges.*.params.drop_rate": "per-method defaults live in ordermerge.merge.params",
+    "merges.*.params.resample": "per-method defaults live in ordermerge.catalog.METHODS",
+    "merges.*.params.lambda": "per-method defaults live in ordermerge.catalog.METHODS",
+    "merges.*.params.density": "per-method defaults live in ordermerge.catalog.METHODS",
+    "merges.*.params.drop_rate": "per-method defaults live in ordermerge.catalog.METHODS",
     "merges.*.weights": "absent = uniform",
-    "ablation.strategies": "absent = every merge",
+    "ablation.merges": "absent = every merge",
 }
 
 
 def test_every_schema_key_has_a_description_and_optional_keys_a_default():
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = load_schema()
     props = _properties(schema)
     assert len(props) > 50
     missing_desc = [k for k, s, _ in props if not s.get("description")]
@@ -183,10 +194,20 @@ def test_every_schema_key_has_a_description_and_optional_keys_a_default():
 
 
 def test_schema_and_code_agree():
-    from ordermerge.merge.params import PARAMS
+    """The schema's enums and parameter types are the catalogues' (ordermerge.catalog): the
+    YAML file names none of them, load_schema fills them in."""
+    from ordermerge.merge import REGISTRY
     from ordermerge.sft import SFTConfig
 
-    schema = yaml.safe_load(SCHEMA.read_text())
+    def enums(node):
+        if isinstance(node, dict):
+            yield from ([node["enum"]] if "enum" in node else [])
+            for v in node.values():
+                yield from enums(v)
+
+    written = {x for e in enums(yaml.safe_load(SCHEMA.read_text())) for x in e}
+    assert not written & {*METHODS, *DTYPES, "response_loss", "lm_eval"}, "enums belong to the catalogue"
+    schema = load_schema()
     exp = schema["properties"]["experiments"]["additionalProperties"]["properties"]
     sft_keys = set(exp["sft"]["properties"])
     fields = {f.name for f in dataclasses.fields(SFTConfig)}
@@ -197,10 +218,12 @@ def test_schema_and_code_agree():
         if f.name in sft_keys:
             assert exp["sft"]["properties"][f.name]["default"] == f.default, f.name
     merge = schema["properties"]["merges"]["additionalProperties"]["properties"]
-    assert set(merge["method"]["enum"]) == set(PARAMS)
-    assert set(merge["params"]["properties"]) == {p for spec in PARAMS.values() for p in spec}
+    assert merge["method"]["enum"] == list(METHODS) and set(REGISTRY) == set(METHODS)
+    assert set(merge["params"]["properties"]) == {p for m in METHODS.values() for p in m.params}
+    assert merge["dtype"]["enum"] == [*DTYPES, None]
     bench = schema["properties"]["benchmarks"]["additionalProperties"]["properties"]
-    assert tuple(bench["benchmark"]["enum"]) == BENCHMARKS == tuple(BENCHMARK_SETTINGS)
+    assert bench["benchmark"]["enum"] == list(BENCHMARKS)
+    assert exp["base"]["properties"]["dtype"]["enum"] == list(DTYPES)
 
 
 def test_validating_a_config_does_not_import_torch():

@@ -177,7 +177,7 @@ def test_humaneval_fails_closed_where_user_namespaces_are_unavailable():
     probe = subprocess.run(["unshare", "-Ur", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare -Ur is not available here")
-    code = ("import sys\nfrom ordermerge.evaluate import sandbox_isolation\n"
+    code = ("import sys\nfrom ordermerge.evaluate.humaneval import sandbox_isolation\n"
             "print(sandbox_isolation({'allow_unsandboxed': True}))\n"
             "from ordermerge.cli import main\n"
             "sys.exit(main(['-q', 'evaluate', '--model', 'none', '--benchmark', 'humaneval', "
@@ -243,7 +243,8 @@ def test_response_loss_and_gsm8k_outputs_are_complete_and_deterministic(tiny_bas
     cfg = {"data": str(tiny_data / "test_id.jsonl")}
     r = evaluate(tiny_base, "response_loss", cfg, tmp_path / "a", progress=False)
     assert r["metric"] == "mean_response_nll" and r["n"] == 4 and r["ci95"][0] <= r["value"] <= r["ci95"][1]
-    assert len(r["model"]["config_sha256"]) == 64 and r["settings"] == cfg
+    assert len(r["model"]["config_sha256"]) == 64
+    assert r["settings"] == {**cfg, "batch_size": 16, "max_length": 1024}  # the catalogue's defaults
     g1 = evaluate(tiny_base, "gsm8k", {**cfg, "max_new_tokens": 12, "batch_size": 2}, tmp_path / "a",
                   progress=False)
     evaluate(tiny_base, "gsm8k", {**cfg, "max_new_tokens": 12, "batch_size": 3}, tmp_path / "b",
@@ -341,11 +342,11 @@ def test_lm_eval_bridge_scores_a_local_task_per_document(tiny_base, tmp_path):
 def test_response_logits_give_the_full_forwards_loss(tiny_base, tiny_data):
     # logits only from the first response position on must not change any per-sample loss
     from ordermerge.models import load_model, load_tokenizer
-    from ordermerge.text import IGNORE, collate, encode, read_jsonl, token_nll
+    from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode, read_jsonl, token_nll
 
     model, tok = load_model(tiny_base, dtype=torch.float32), load_tokenizer(str(tiny_base))
     rows = read_jsonl(tiny_data / "test_id.jsonl")
-    batch = collate([encode(tok, r["prompt"], r["response"], "", 1024) for r in rows],
+    batch = collate([encode(tok, r["prompt"], r["response"], DEFAULT_PROMPT, 1024) for r in rows],
                     tok.pad_token_id)
     assert (batch["labels"][:, :20] == IGNORE).all()  # prompts: nothing to keep there
     with torch.no_grad():

@@ -55,7 +55,7 @@ def small_fs(tmp_path):
 def test_merge_into_a_full_filesystem_fails_cleanly(tmp_path, small_fs):
     base, subs = make_family(tmp_path / "in", shapes={"a.weight": (512, 512), "b.weight": (512, 512)})
     res = run([*ORDERMERGE, "merge", "--base", str(base), "--models", *map(str, subs),
-               "--strategy", "parameter_selection", "--param", "resample=true", "--max-shard-size", "256KB",
+               "--method", "parameter_selection", "--config", '{"resample": true}', "--max-shard-size", "256KB",
                "--out", str(small_fs / "merged")])
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
@@ -98,7 +98,7 @@ def merge_case(tmp_path_factory):
     root = tmp_path_factory.mktemp("killmerge")
     base, subs = make_family(root / "in", shapes={f"l{i}.weight": (384, 512) for i in range(12)})
     cmd = [*ORDERMERGE, "merge", "--base", str(base), "--models", *map(str, subs),
-           "--strategy", "parameter_selection", "--param", "resample=true", "--seed", "3",
+           "--method", "parameter_selection", "--config", '{"resample": true}', "--seed", "3",
            "--max-shard-size", "1MB"]
     first, total = timed([*cmd, "--out", str(root / "ref")], root)
     return cmd, tree(root / "ref"), first, total

@@ -306,7 +306,7 @@ def test_output_shards_and_metadata(family, tmp_path):
         models,
         tmp_path / "o",
         "parameter_selection",
-        {"resample": "true"},
+        {"resample": True},
         weights=[2, 1, 1],
         seed=5,
         max_shard_size=4000,
@@ -316,7 +316,8 @@ def test_output_shards_and_metadata(family, tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     saved = json.loads((out / "merge.json").read_text())
-    assert saved["strategy"] == "parameter_selection" and saved["parameters"] == {"resample": True}
+    assert saved["method"] == "parameter_selection" and saved["parameters"] == {"resample": True}
+    assert saved["name"] is None  # the pipeline passes the merge's name
     assert saved["weights"] == [0.5, 0.25, 0.25] and saved["seed"] == 5
     assert abs(sum(saved["selection_share"]) - 1) < 1e-9
     assert meta["summary"]["tensors"] == 4
@@ -370,7 +371,7 @@ def _run_bad(capsys, tmp_path, base, models, extra=(), expect=""):
             *map(str, models),
             "--out",
             str(out),
-            "--strategy",
+            "--method",
             "ties",
             *extra,
         ],
@@ -387,14 +388,19 @@ def test_bad_inputs(capsys, tmp_path):
     r(capsys, tmp_path, base, [models[0]], expect="at least 2 sub-models")
     r(capsys, tmp_path, base, models, ["--weights", "1", "2"], expect="2 weights for 3 sub-models")
     r(capsys, tmp_path, base, models, ["--weights", "1", "-2", "1"], expect="positive")
-    r(capsys, tmp_path, base, models, ["--param", "density=0"], expect="density=")
-    r(capsys, tmp_path, base, models, ["--param", "density=1.5"], expect="(0, 1]")
+    r(capsys, tmp_path, base, models, ["--config", '{"density": 0}'],
+      expect="--config: method ties: parameter density: 0 is less than or equal to the minimum of 0")
+    r(capsys, tmp_path, base, models, ["--config", '{"density": 1.5}'],
+      expect="parameter density: 1.5 is greater than the maximum of 1")
+    r(capsys, tmp_path, base, models, ["--config", '{"density": "0.5"}'],
+      expect="parameter density: '0.5' is not of type 'number'")
+    r(capsys, tmp_path, base, models, ["--config", "[0.5]"], expect="--config: expected a JSON object")
     r(
         capsys,
         tmp_path,
         base,
         models,
-        ["--param", "densty=0.5"],
+        ["--config", '{"densty": 0.5}'],
         expect="unknown parameter 'densty'",
     )
     err = _cli(
@@ -407,13 +413,13 @@ def test_bad_inputs(capsys, tmp_path):
             *map(str, models),
             "--out",
             str(tmp_path / "o"),
-            "--strategy",
+            "--method",
             "dare_ties",
-            "--param",
-            "drop_rate=1",
+            "--config",
+            '{"drop_rate": 1}',
         ],
     )
-    assert "[0, 1)" in err
+    assert "drop_rate: 1 is greater than or equal to the maximum of 1" in err
     err = _cli(
         capsys,
         [
@@ -424,11 +430,11 @@ def test_bad_inputs(capsys, tmp_path):
             *map(str, models),
             "--out",
             str(tmp_path / "o"),
-            "--strategy",
+            "--method",
             "ties_merging",
         ],
     )
-    assert "unknown strategy 'ties_merging'" in err
+    assert "argument --method: invalid choice: 'ties_merging'" in err
     empty = tmp_path / "empty"
     empty.mkdir()
     r(capsys, tmp_path, base, [models[0], empty], expect="empty: no model.safetensors")

@@ -44,7 +44,7 @@ def test_full_tiny_dag_outputs(tiny_run):
     assert md.count("**") >= 6  # a bold best value per column
     assert "\\textbf" in (res / "tables" / "main.tex").read_text()
     paired = pd.read_csv(res / "tables" / "paired.csv")
-    assert set(paired.strategy) == {"average", "selection", "selection_resample", "ties"}
+    assert set(paired["merge"]) == {"average", "selection", "selection_resample", "ties"}
     assert {"p_wilcoxon", "ci_lo", "ci_hi"} <= set(paired.columns)
     for k in (1, 2, 3):
         losses = pd.read_parquet(res / f"sft/order{k}/sample_losses.parquet")
@@ -155,3 +155,25 @@ def test_paper_config_dry_runs_with_the_slurm_profile(tmp_path):
     assert jobs["merge"] == 3 * (4 + 12 + 12 + 1 + 1 + 3)
     models = 1 + 5 + 33  # one evaluation job per model runs all of its benchmarks
     assert jobs["evaluate"] == 3 * models
+
+
+def test_every_file_under_results_is_a_declared_output(tiny_run):
+    """Snakemake knows every file the DAG wrote: none is untracked (one owner of the layout,
+    every output declared)."""
+    res = smk(tiny_run, "--list-untracked")
+    untracked = [ln.strip() for ln in (res.stdout + res.stderr).splitlines()
+                 if ln.strip().startswith("results/")]
+    assert untracked == []
+
+
+def test_one_prompt_format_reaches_every_rule_that_formats_prompts(tmp_path):
+    """prepare_data, sft, sample_losses and evaluate get the experiment's one `prompt`."""
+    cfg = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
+    cfg["experiments"]["tiny"]["prompt"] = {"system_prompt": "Be brief.", "chat_template": True}
+    wd = make_workdir(tmp_path / "wd", cfg)
+    out = smk(wd, "-n", "-p", "--forceall")
+    text = out.stdout + out.stderr
+    want = "--prompt '{\"chat_template\":true,\"system_prompt\":\"Be brief.\"}'"
+    for command in ("prepare-data", "sft --base", "sample-losses", "evaluate --model"):
+        lines = [ln for ln in text.splitlines() if f"ordermerge -q {command}" in ln]
+        assert lines and all(want in ln for ln in lines), (command, lines[:1])

@@ -36,7 +36,7 @@ def inputs(tmp_path: Path):
 
 
 def _merge(base, models, out, *extra):
-    return ["merge", "--base", str(base), "--models", *map(str, models), "--strategy",
+    return ["merge", "--base", str(base), "--models", *map(str, models), "--method",
             "weighted_average", "--out", str(out), *extra]
 
 

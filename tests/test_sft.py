@@ -151,3 +151,35 @@ def test_gguf_import_of_the_real_smollm2(tmp_path):
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     logits = model(ids).logits[0, -1]
     assert tok.decode(int(logits.argmax())).strip() == "Paris"
+
+
+def test_sft_and_sample_losses_see_the_same_tokens_with_a_system_prompt(tiny_base, tiny_data, order_file,
+                                                                        tmp_path, monkeypatch):
+    """One prompt format per experiment: with a non-empty system prompt, the tokens SFT trains
+    on for a sample are the tokens sample_losses scores for it."""
+    import ordermerge.sft as sft
+    from ordermerge.text import PromptFormat
+
+    seen: dict[str, list[list[int]]] = {}
+    real = sft.encode
+
+    def recording(tok, prompt, response, fmt, max_len=None):
+        ids = real(tok, prompt, response, fmt, max_len)
+        seen.setdefault(prompt, []).append(ids[0])
+        return ids
+
+    monkeypatch.setattr(sft, "encode", recording)
+    fmt = PromptFormat(system_prompt="Answer in one line.")
+    train(tiny_base, tiny_data / "train.jsonl", order_file, tmp_path / "m",
+          SFTConfig(batch_size=4, max_length=320, max_steps=1), progress=False, prompt=fmt)
+    sft.sample_losses(tmp_path / "m", tiny_data / "train.jsonl", order_file, 4, fmt, 320, progress=False)
+    from ordermerge.models import load_tokenizer
+
+    system = load_tokenizer(str(tiny_base))("Answer in one line.", add_special_tokens=False)["input_ids"]
+    rows = read_jsonl(tiny_data / "train.jsonl")
+    for r in rows:
+        trained, scored = seen[r["prompt"]]
+        assert trained == scored
+        assert any(trained[i : i + len(system)] == system for i in range(len(trained)))
+    meta = json.loads((tmp_path / "m" / "ordermerge_sft.json").read_text())
+    assert meta["prompt"] == {"chat_template": True, "system_prompt": "Answer in one line."}

@@ -10,19 +10,9 @@ from typing import Any
 import yaml
 
 from . import OrdermergeError
+from .catalog import BENCHMARKS, DTYPES, METHODS, defaults, params_schema, settings_schema
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-RANDOM_METHODS = {"parameter_selection", "dare_linear", "dare_ties"}
-BENCHMARKS = ("response_loss", "gsm8k", "humaneval", "lm_eval")
-# The settings each benchmark accepts (checked at config time, before any job runs).
-BENCHMARK_SETTINGS = {
-    "response_loss": {"data", "batch_size", "max_length", "system_prompt", "limit"},
-    "gsm8k": {"data", "batch_size", "max_new_tokens", "system_prompt", "limit", "fewshot_path",
-              "fewshot_k"},
-    "humaneval": {"batch_size", "max_new_tokens", "limit", "n_samples", "k", "temperature",
-                  "timeout", "chat", "seed", "allow_unsandboxed"},
-    "lm_eval": {"tasks", "include_path", "limit", "batch_size", "metric"},
-}
 
 
 def _key(path: Any) -> str:
@@ -44,15 +34,29 @@ def _fill_defaults(schema: dict[str, Any], value: Any) -> None:
                 _fill_defaults(extra, v)
 
 
-def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[str, Any]:
-    """Return a validated copy of `config` with every default filled in."""
+def load_schema(schema_path: Path = SCHEMA) -> dict[str, Any]:
+    """The config schema, with its enums and parameter types filled in from the catalogues."""
+    schema = yaml.safe_load(schema_path.read_text())
+    exp = schema["properties"]["experiments"]["additionalProperties"]["properties"]
+    exp["base"]["properties"]["dtype"]["enum"] = list(DTYPES)
+    exp["sft"]["properties"]["dtype"]["enum"] = ["auto", *DTYPES]
+    exp["sft"]["properties"]["save_dtype"]["enum"] = [*DTYPES, None]
+    merge = schema["properties"]["merges"]["additionalProperties"]["properties"]
+    merge["method"]["enum"] = list(METHODS)
+    merge["params"] = params_schema()
+    merge["dtype"]["enum"] = [*DTYPES, None]
+    bench = schema["properties"]["benchmarks"]["additionalProperties"]["properties"]
+    bench["benchmark"]["enum"] = list(BENCHMARKS)
+    return schema
+
+
+def check(schema: dict[str, Any], value: Any, where: tuple = (), prefix: str = "config key") -> None:
+    """Validate `value` against a JSON schema; the first error (shallowest first) as ONE line
+    naming the key (under the path `where`)."""
     import jsonschema
 
-    schema = yaml.safe_load(schema_path.read_text())
-    if not isinstance(config, dict):
-        raise OrdermergeError("config: expected a mapping at the top level")
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.path), list(map(str, e.path))))
+    errors = sorted(validator.iter_errors(value), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
         e = errors[0]
         desc = e.schema.get("description", "") if isinstance(e.schema, dict) else ""
@@ -61,7 +65,53 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[
         else:
             msg = e.message
         hint = f" ({desc})" if desc else ""
-        raise OrdermergeError(f"config key {_key(e.path)}: {msg}{hint}")
+        key = _key((*where, *e.path)) if prefix == "config key" else ".".join(map(str, e.path))
+        raise OrdermergeError(f"{prefix} {key}: {msg}{hint}" if key else f"{prefix}: {msg}{hint}")
+
+
+def method_params(method: str, params: dict[str, Any] | None, where: str = "") -> dict[str, Any]:
+    """A merge method's parameters, type- and range-checked, defaults filled in; one line
+    naming the bad one otherwise. `where` prefixes messages (a config key or a CLI flag)."""
+    at = f"{where}: " if where else ""
+    if method not in METHODS:
+        raise OrdermergeError(f"{at}unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    spec = METHODS[method].params
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise OrdermergeError(f"{at}method {method}: unknown parameter {unknown[0]!r} "
+                              f"(accepted: {', '.join(sorted(spec)) or 'none'})")
+    for k, v in params.items():
+        try:
+            check(spec[k].json_schema(), v)
+        except OrdermergeError as e:
+            raise OrdermergeError(f"{at}method {method}: parameter {k}: "
+                                  f"{str(e).split(': ', 1)[1]}") from None
+    return defaults(spec, params)
+
+
+def benchmark_settings(benchmark: str, settings: dict[str, Any], where: str = "--config",
+                       key: tuple = ()) -> dict[str, Any]:
+    """A benchmark's settings, type- and range-checked, defaults filled in. Messages start with
+    `where` (a CLI flag, or "config key" and the settings' `key` path in the config)."""
+    at = f"{where} {_key(key)}: " if key else f"{where}: "
+    if benchmark not in BENCHMARKS:
+        raise OrdermergeError(f"{at}unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
+    accepted = BENCHMARKS[benchmark].settings
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise OrdermergeError(f"{at}unknown setting {unknown[0]!r} for benchmark {benchmark} "
+                              f"(accepted: {', '.join(sorted(accepted))})")
+    check(settings_schema(benchmark), settings, key, where)
+    return defaults(accepted, settings)
+
+
+def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[str, Any]:
+    """Return a validated copy of `config` with every default filled in."""
+    schema = load_schema(schema_path)
+    if not isinstance(config, dict):
+        raise OrdermergeError("config: expected a mapping at the top level")
+    check(schema, config)
     config = copy.deepcopy(config)
     _fill_defaults(schema, config)
     _semantic_checks(config)
@@ -69,27 +119,21 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[
 
 
 def _semantic_checks(cfg: dict[str, Any]) -> None:
-    from .merge.params import parse_params
-
     res = Path(cfg["results"])
     if res.is_absolute() or ".." in res.parts:
         raise OrdermergeError(f"config key results: {cfg['results']!r} must be a relative path inside the working directory")
     for name, m in cfg["merges"].items():
-        try:
-            parse_params(m["method"], m.get("params"))
-        except OrdermergeError as e:
-            raise OrdermergeError(f"config key merges.{name}.params: {e}") from None
+        method_params(m["method"], m.get("params"), f"config key merges.{name}.params")
     abl = cfg["ablation"]
-    for s in abl.get("strategies", []):
+    for s in abl.get("merges", []):
         if s not in cfg["merges"]:
-            raise OrdermergeError(f"config key ablation.strategies: {s!r} is not a name under merges ({', '.join(cfg['merges'])})")
+            raise OrdermergeError(f"config key ablation.merges: {s!r} is not a name under merges ({', '.join(cfg['merges'])})")
     for bname, b in cfg["benchmarks"].items():
-        accepted = BENCHMARK_SETTINGS[b["benchmark"]] - {"data"}  # data: set by the workflow
-        unknown = sorted(set(b.get("settings", {})) - accepted)
-        if unknown:
-            raise OrdermergeError(
-                f"config key benchmarks.{bname}.settings: unknown setting {unknown[0]!r} for "
-                f"benchmark {b['benchmark']} (accepted: {', '.join(sorted(accepted))})")
+        settings = b.get("settings", {})
+        if "data" in settings and BENCHMARKS[b["benchmark"]].reads_split:
+            raise OrdermergeError(f"config key benchmarks.{bname}.settings: 'data' is set by the "
+                                  f"workflow (the split named by benchmarks.{bname}.split)")
+        benchmark_settings(b["benchmark"], settings, "config key", ("benchmarks", bname, "settings"))
     for exp, e in cfg["experiments"].items():
         n = e["orders"]["n"]
         for size in abl["sizes"]:
@@ -108,7 +152,7 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
                 raise OrdermergeError(f"config key experiments.{exp}.data.{key}: file {p} does not exist")
         if d["format"] != "gsm_symbolic":
             for bname, b in cfg["benchmarks"].items():
-                if b["benchmark"] in ("response_loss", "gsm8k") and b["split"] == "test_ood":
+                if BENCHMARKS[b["benchmark"]].reads_split and b["split"] == "test_ood":
                     raise OrdermergeError(
                         f"config key benchmarks.{bname}.split: test_ood exists only for gsm_symbolic (experiments.{exp})")
 

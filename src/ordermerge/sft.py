@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from . import OrdermergeError
-from .atomic import atomic_dir, check_output
+from .atomic import atomic_dir, atomic_file, check_output, clear_stale_partials
+from .catalog import DTYPES
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
-from .text import IGNORE, collate, encode, read_jsonl, response_logits
+from .text import DEFAULT_PROMPT, IGNORE, PromptFormat, collate, encode, read_jsonl, response_logits
 
 SFT_META = "ordermerge_sft.json"
 
@@ -54,7 +55,6 @@ class SFTConfig:
     checkpoint_every: int = 0  # steps; 0 = never
     lora_r: int = 0  # > 0: train LoRA adapters, merged into full weights before saving
     lora_alpha: int = 16
-    system_prompt: str | None = ""
     max_steps: int | None = None  # stop early (for tests and smoke runs)
 
     @classmethod
@@ -93,8 +93,8 @@ def _schedule(name: str, step: int, total: int, warmup: int) -> float:
 def _clear_scratch(scratch: Path) -> None:
     """Remove the checkpoint this loop wrote, and the folder only if nothing else is in it:
     --scratch may name a folder that holds other things."""
-    for name in ("ckpt.pt", "ckpt.pt.partial"):
-        (scratch / name).unlink(missing_ok=True)
+    (scratch / "ckpt.pt").unlink(missing_ok=True)
+    clear_stale_partials(scratch / "ckpt.pt")
     try:
         scratch.rmdir()
     except OSError:
@@ -102,51 +102,41 @@ def _clear_scratch(scratch: Path) -> None:
 
 
 def _save_ckpt(scratch: Path, state: dict[str, Any]) -> None:
-    tmp = scratch / "ckpt.pt.partial"
-    torch.save(state, tmp)
-    tmp.replace(scratch / "ckpt.pt")  # atomic: a kill leaves the previous checkpoint intact
+    with atomic_file(scratch / "ckpt.pt") as tmp:  # a kill leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
-def train(
-    base: str | Path,
-    data: str | Path,
-    order_path: str | Path,
-    out: str | Path,
-    cfg: SFTConfig,
-    scratch: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fine-tune `base` on `data` in the order of `order_path`; write an HF folder at `out`."""
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
+@dataclass
+class SFTPlan:
+    """The order-exact schedule: optimizer step s of epoch e takes the next `global_batch` ids
+    of `order["epochs"][e]`; each id's tokens are encoded once, in the experiment's prompt
+    format."""
 
-    base, out = Path(base), Path(out)
-    check_output(out, SFT_META, [base, data, order_path])  # before training, not after
-    scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
-    rank, world = _dist()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
-    rows = read_jsonl(data)
-    if not rows:
-        raise OrdermergeError(f"{data}: empty dataset")
-    by_id = {r["id"]: r for r in rows}
-    order = read_order(order_path, [r["id"] for r in rows])
+    steps: list[tuple[int, list[str]]]  # (epoch, ids) per optimizer step
+    total: int  # steps to run (max_steps may cut the schedule)
+    warmup: int
+    encoded: dict[str, tuple[list[int], int]]  # id -> (token ids, prompt length)
+
+
+def make_plan(rows: list[dict[str, Any]], order: dict[str, Any], cfg: SFTConfig, tok,
+              prompt: PromptFormat, world: int) -> SFTPlan:
     epochs = order["epochs"][: cfg.epochs or len(order["epochs"])]
-    tok = load_tokenizer(str(base))
-    encoded = {i: encode(tok, r["prompt"], r["response"], cfg.system_prompt, cfg.max_length)
-               for i, r in by_id.items()}
-
+    encoded = {r["id"]: encode(tok, r["prompt"], r["response"], prompt, cfg.max_length) for r in rows}
     gb = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
     steps = [(e, ep[s : s + gb]) for e, ep in enumerate(epochs) for s in range(0, len(ep), gb)]
     total = len(steps) if cfg.max_steps is None else min(cfg.max_steps, len(steps))
     warmup = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
+    return SFTPlan(steps, total, warmup, encoded)
+
+
+def build_model(base: Path, cfg: SFTConfig, plan: SFTPlan, device: torch.device):
+    """fp32 master weights (LoRA adapters if lora_r > 0), AdamW and the LR schedule."""
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # fp32 master
-    base_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-        json.loads((base / "config.json").read_text()).get("dtype", "float32"), torch.float32)
-    save_dtype = getattr(torch, cfg.save_dtype) if cfg.save_dtype else base_dtype
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.lora_r > 0:
@@ -158,72 +148,115 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _schedule(cfg.schedule, s, total, warmup))
-    log: list[dict[str, Any]] = []
-    start = 0
-    ckpt = scratch / "ckpt.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start, log = state["step"], state["log"]
-        if rank == 0:
-            print(f"resuming from checkpoint at step {start} ({ckpt})", flush=True)
-    compute = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    if compute not in ("bfloat16", "float16", "float32"):
-        raise OrdermergeError(f"sft config: dtype {cfg.dtype!r}: expected auto, bfloat16, float16 or float32")
-    autocast = compute != "float32"
-    amp_dtype = getattr(torch, compute)
-    t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
-    bar = tqdm(total=total, initial=start, desc=f"sft {out.parent.name}", unit="step",
-               disable=not progress or rank != 0)
-    for step in range(start, total):
-        epoch, ids = steps[step]
-        n_tokens = sum(len(encoded[i][0]) - encoded[i][1] for i in ids)
-        opt.zero_grad(set_to_none=True)
-        loss_sum = 0.0
-        seen = []
-        for a in range(cfg.grad_accum):
-            micro = ids[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world]
-            mine = micro[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
-            seen.append(mine)
-            if not mine:
-                continue
-            batch = {k: v.to(device) for k, v in collate([encoded[i] for i in mine], tok.pad_token_id).items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=autocast):
-                logits, labels = response_logits(model, batch)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                ignore_index=IGNORE, reduction="sum")
-            (nll / n_tokens).backward()
-            loss_sum += float(nll.detach())
-        if world > 1:
-            import torch.distributed as dist
+        opt, lambda s: _schedule(cfg.schedule, s, plan.total, plan.warmup))
+    return model, params, opt, sched
 
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-            t = torch.tensor([loss_sum], device=device)
-            dist.all_reduce(t)
-            loss_sum = float(t)
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, seen)
-            seen_global = [i for a in range(cfg.grad_accum) for r in range(world) for i in gathered[r][a]]
-        else:
-            seen_global = [i for m in seen for i in m]
+
+def restore(scratch: Path, model, opt, sched, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    """(first step, log so far): from the checkpoint in `scratch` if there is one."""
+    ckpt = scratch / "ckpt.pt"
+    if not ckpt.exists():
+        return 0, []
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["log"]
+
+
+def train_step(model, params, plan: SFTPlan, step: int, cfg: SFTConfig, tok, device: torch.device,
+               amp: torch.dtype | None, rank: int, world: int) -> tuple[float, int, list[str]]:
+    """Forward and backward over one optimizer step's samples (this rank's slice of every
+    micro-batch), gradients summed across ranks. Loss = Σ NLL(response tokens of the global
+    batch) / #those tokens, so accumulation and world size leave the objective unchanged.
+    Returns (summed NLL, response tokens, ids in global order)."""
+    ids = plan.steps[step][1]
+    n_tokens = sum(len(plan.encoded[i][0]) - plan.encoded[i][1] for i in ids)
+    loss_sum = 0.0
+    seen = []
+    for a in range(cfg.grad_accum):
+        micro = ids[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world]
+        mine = micro[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+        seen.append(mine)
+        if not mine:
+            continue
+        batch = {k: v.to(device) for k, v in collate([plan.encoded[i] for i in mine], tok.pad_token_id).items()}
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits, labels = response_logits(model, batch)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+            ignore_index=IGNORE, reduction="sum")
+        (nll / n_tokens).backward()
+        loss_sum += float(nll.detach())
+    if world == 1:
+        return loss_sum, n_tokens, [i for m in seen for i in m]
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+    t = torch.tensor([loss_sum], device=device)
+    dist.all_reduce(t)
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, seen)
+    return float(t), n_tokens, [i for a in range(cfg.grad_accum) for r in range(world) for i in gathered[r][a]]
+
+
+def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
+    compute = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    if compute not in DTYPES:
+        raise OrdermergeError(f"sft config: dtype {cfg.dtype!r}: expected auto, bfloat16, float16 or float32")
+    return None if compute == "float32" else getattr(torch, compute)
+
+
+def train(
+    base: str | Path,
+    data: str | Path,
+    order_path: str | Path,
+    out: str | Path,
+    cfg: SFTConfig,
+    scratch: str | Path | None = None,
+    progress: bool = True,
+    prompt: PromptFormat = DEFAULT_PROMPT,
+) -> dict[str, Any]:
+    """Fine-tune `base` on `data` in the order of `order_path`; write an HF folder at `out`.
+    Samples are formatted with `prompt`, the experiment's one prompt format."""
+    from tqdm import tqdm
+
+    base, out = Path(base), Path(out)
+    check_output(out, SFT_META, [base, data, order_path])  # before training, not after
+    scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
+    rank, world = _dist()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    rows = read_jsonl(data)
+    if not rows:
+        raise OrdermergeError(f"{data}: empty dataset")
+    order = read_order(order_path, [r["id"] for r in rows])
+    tok = load_tokenizer(str(base))
+    plan = make_plan(rows, order, cfg, tok, prompt, world)
+    model, params, opt, sched = build_model(base, cfg, plan, device)
+    start, log = restore(scratch, model, opt, sched, device)
+    if start and rank == 0:
+        print(f"resuming from checkpoint at step {start} ({scratch / 'ckpt.pt'})", flush=True)
+    amp = _amp_dtype(cfg, device)
+    t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+    bar = tqdm(total=plan.total, initial=start, desc=f"sft {out.parent.name}", unit="step",
+               disable=not progress or rank != 0)
+    for step in range(start, plan.total):
+        opt.zero_grad(set_to_none=True)
+        loss_sum, n_tokens, ids = train_step(model, params, plan, step, cfg, tok, device, amp, rank, world)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
-        rec = {"step": step + 1, "epoch": epoch + 1, "loss": loss_sum / n_tokens, "lr": lr,
-               "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3), "ids": seen_global}
-        log.append(rec)
+        log.append({"step": step + 1, "epoch": plan.steps[step][0] + 1, "loss": loss_sum / n_tokens,
+                    "lr": lr, "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3),
+                    "ids": ids})
         bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and rank == 0:
-            scratch.mkdir(parents=True, exist_ok=True)
+        bar.set_postfix(loss=f"{log[-1]['loss']:.3f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total \
+                and rank == 0:
             _save_ckpt(scratch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                  "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
                                  "step": step + 1, "log": log})
@@ -231,16 +264,22 @@ def train(
     if rank == 0:
         if cfg.lora_r > 0:
             model = model.merge_and_unload()  # merging always sees full weights
-        _save(model, tok, base, out, save_dtype, log, cfg, order_path, data)
+        _save(model, tok, base, out, _save_dtype(base, cfg), log, cfg, order_path, data, prompt)
         _clear_scratch(scratch)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return {"steps": total, "log": log}
+    return {"steps": plan.total, "log": log}
 
 
-def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data) -> None:
+def _save_dtype(base: Path, cfg: SFTConfig) -> torch.dtype:
+    """save_dtype, else the base's stored dtype (so that bf16 rounding zeros survive)."""
+    name = cfg.save_dtype or json.loads((base / "config.json").read_text()).get("dtype", "float32")
+    return getattr(torch, name) if name in DTYPES else torch.float32
+
+
+def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data, prompt) -> None:
     model = model.to("cpu", save_dtype)
     model.config.dtype = str(save_dtype).removeprefix("torch.")
     with atomic_dir(out, SFT_META, [base, data, order_path]) as tmp:
@@ -256,12 +295,13 @@ def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, d
             "order_file": str(order_path),
             "data": str(data),
             "config": asdict(cfg),
+            "prompt": asdict(prompt),
         }
         (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Path,
-                  batch_size: int = 16, system_prompt: str | None = "", max_length: int = 512,
+                  batch_size: int = 16, prompt: PromptFormat = DEFAULT_PROMPT, max_length: int = 512,
                   progress: bool = True):
     """Each training sample's final loss (mean response NLL, fp32) and its position per epoch."""
     import pandas as pd
@@ -273,7 +313,7 @@ def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Pat
     order = read_order(order_path, [r["id"] for r in rows])
     tok = load_tokenizer(str(model_dir))
     model = load_model(model_dir, dtype=torch.float32)
-    enc = [encode(tok, r["prompt"], r["response"], system_prompt, max_length) for r in rows]
+    enc = [encode(tok, r["prompt"], r["response"], prompt, max_length) for r in rows]
     loss, n = per_sample_nll(model, enc, tok.pad_token_id, batch_size, progress, "sample losses")
     df = pd.DataFrame({"id": [r["id"] for r in rows], "loss": loss, "n_tokens": n})
     for e, perm in enumerate(order["epochs"]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +41,46 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from .atomic import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
-def format_prompt(tokenizer, prompt: str, system_prompt: str | None = "") -> str:
-    """The model's input text before the response: chat template when the tokenizer has one.
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a prompt becomes model input: ONE per experiment (config key `prompt`), used by the
+    data statistics, SFT, sample losses and every benchmark alike.
 
     system_prompt="" sends an explicit empty system turn, because SmolLM2's template otherwise
-    inserts a ~20-token default system prompt; None keeps the template's default.
-    """
-    if getattr(tokenizer, "chat_template", None):
+    inserts a ~20-token default system prompt; None keeps the template's default."""
+
+    chat_template: bool = True
+    system_prompt: str | None = ""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> PromptFormat:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"chat_template", "system_prompt"})
+        if unknown:
+            raise OrdermergeError(f"prompt format: unknown key {unknown[0]!r} (chat_template, system_prompt)")
+        return cls(**d)
+
+    def uses_template(self, tokenizer) -> bool:
+        return self.chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+
+DEFAULT_PROMPT = PromptFormat()
+
+
+def format_prompt(tokenizer, prompt: str, fmt: PromptFormat = DEFAULT_PROMPT) -> str:
+    """The model's input text before the response: the chat template (if `fmt` asks for it and
+    the tokenizer has one), else the prompt and a newline."""
+    if fmt.uses_template(tokenizer):
         messages = [{"role": "user", "content": prompt}]
-        if system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": system_prompt})
+        if fmt.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": fmt.system_prompt})
         # transformers 5 returns a dict unless return_dict=False
         return tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, return_dict=False
@@ -67,13 +89,14 @@ def format_prompt(tokenizer, prompt: str, system_prompt: str | None = "") -> str
 
 
 def encode(
-    tokenizer, prompt: str, response: str, system_prompt: str | None = "", max_len: int | None = None
+    tokenizer, prompt: str, response: str, fmt: PromptFormat = DEFAULT_PROMPT,
+    max_len: int | None = None,
 ) -> tuple[list[int], int]:
     """Token ids of prompt+response+EOS and the number of prompt tokens (masked from the loss).
 
     Prompt and response are tokenised separately so the boundary is exact.
     """
-    p = tokenizer(format_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)[
+    p = tokenizer(format_prompt(tokenizer, prompt, fmt), add_special_tokens=False)[
         "input_ids"
     ]
     r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

@@ -4,7 +4,9 @@ import math
 import sys
 
 from ordermerge import OrdermergeError
-from ordermerge.config import RANDOM_METHODS, validate_config
+from ordermerge.catalog import BENCHMARKS, METHODS
+from ordermerge.config import validate_config
+from ordermerge.layout import Layout, ModelId
 
 try:
     config = validate_config(
@@ -19,6 +21,8 @@ RES = config["results"]
 EXPS = config["experiments"]
 MERGES = config["merges"]
 BENCH = config["benchmarks"]
+# the paths of every job, with wildcards for the fields (ordermerge.layout owns them)
+L = Layout(RES, "{exp}")
 
 
 wildcard_constraints:
@@ -26,8 +30,12 @@ wildcard_constraints:
     k=r"\d+",
     m=r"\d+",
     seed=r"\d+",
-    strategy="[A-Za-z0-9_]+",
+    merge="[A-Za-z0-9_]+",
     model=r"[A-Za-z0-9_.\-]+",
+
+
+def layout(exp):
+    return Layout(RES, exp)
 
 
 def as_json(value):
@@ -39,69 +47,76 @@ def n_orders(exp):
     return EXPS[exp]["orders"]["n"]
 
 
-def sizes(exp, strategy):
+def sizes(exp, merge):
     abl = config["ablation"]
-    chosen = abl.get("strategies", list(MERGES))
-    extra = [m for m in abl["sizes"] if strategy in chosen]
+    chosen = abl.get("merges", list(MERGES))
+    extra = [m for m in abl["sizes"] if merge in chosen]
     return sorted(set(extra + [n_orders(exp)]))
 
 
-def seeds(strategy):
-    if MERGES[strategy]["method"] in RANDOM_METHODS:
+def seeds(merge):
+    if METHODS[MERGES[merge]["method"]].randomised:
         return config["merge_seeds"]
     return config["merge_seeds"][:1]
 
 
 def merged_ids(exp):
     return [
-        f"{s}-n{m}-s{seed}" for s in MERGES for m in sizes(exp, s) for seed in seeds(s)
+        ModelId("merge", merge=s, m=m, seed=seed)
+        for s in MERGES
+        for m in sizes(exp, s)
+        for seed in seeds(s)
     ]
 
 
 def model_ids(exp):
-    return (
-        ["base"] + [f"order{k}" for k in range(1, n_orders(exp) + 1)] + merged_ids(exp)
-    )
-
-
-def model_dir(exp, model):
-    if model == "base":
-        return f"{RES}/{exp}/base"
-    if model.startswith("order"):
-        return f"{RES}/{exp}/sft/{model}/model"
-    strategy, m, seed = model.rsplit("-", 2)
-    return f"{RES}/{exp}/merged/{strategy}/{m}/{seed}/model"
+    orders = [ModelId("order", k=k) for k in range(1, n_orders(exp) + 1)]
+    return [ModelId("base"), *orders, *merged_ids(exp)]
 
 
 def main_ids(exp):
-    """Base, every order, and every strategy at m = N with the first merge seed."""
-    n = n_orders(exp)
-    first = config["merge_seeds"][0]
-    return (
-        ["base"]
-        + [f"order{k}" for k in range(1, n + 1)]
-        + [f"{s}-n{n}-s{first}" for s in MERGES]
-    )
+    """Base, every order, and every merge at m = N with the first merge seed."""
+    n, first = n_orders(exp), config["merge_seeds"][0]
+    main = {ModelId("merge", merge=s, m=n, seed=first) for s in MERGES}
+    return [i for i in model_ids(exp) if i.kind != "merge" or i in main]
 
 
 def bench_models(exp, bench):
     return model_ids(exp) if BENCH[bench]["models"] == "all" else main_ids(exp)
 
 
+def bench_settings(exp, bench):
+    b = BENCH[bench]
+    settings = dict(b["settings"])
+    if BENCHMARKS[b["benchmark"]].reads_split:
+        settings["data"] = layout(exp).data(b["split"])
+    return settings
+
+
 def eval_suite(exp, model):
     """The benchmarks one model is evaluated on, with their settings (the evaluate job's params)."""
+    mid = ModelId.parse(str(model))
     return {
         bench: {
             "benchmark": BENCH[bench]["benchmark"],
             "settings": bench_settings(exp, bench),
         }
         for bench in BENCH
-        if model in bench_models(exp, bench)
+        if mid in bench_models(exp, bench)
     }
 
 
 def eval_dirs(exp):
-    return [f"{RES}/{exp}/eval/{m}" for m in model_ids(exp) if eval_suite(exp, m)]
+    return [layout(exp).eval_dir(m) for m in model_ids(exp) if eval_suite(exp, m)]
+
+
+def eval_model_dir(w):
+    return layout(w.exp).model(w.model)
+
+
+def eval_data(w):
+    suite = eval_suite(w.exp, w.model).values()
+    return sorted({s["settings"]["data"] for s in suite if "data" in s["settings"]})
 
 
 def largest_tensor_numel(folder):
@@ -129,58 +144,47 @@ def merge_mem_mb(wildcards, input, attempt):
     return attempt * (1024 + math.ceil((int(wildcards.m) + 1) * 12 * numel / 2**20))
 
 
-def eval_model_dir(w):
-    return model_dir(w.exp, w.model)
-
-
-def bench_settings(exp, bench):
-    b = BENCH[bench]
-    settings = dict(b["settings"])
-    if b["benchmark"] in ("response_loss", "gsm8k"):
-        settings["data"] = f"{RES}/{exp}/data/{b['split']}.jsonl"
-    return settings
-
-
-def eval_data(w):
-    suite = eval_suite(w.exp, w.model).values()
-    return sorted({s["settings"]["data"] for s in suite if "data" in s["settings"]})
+def merge_config(w):
+    """The merge job's --config: the method's parameters as the config gives them."""
+    return as_json(MERGES[w.merge]["params"])
 
 
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
+TABLES = [
+    "main.md",
+    "main.csv",
+    "main.tex",
+    "paired.md",
+    "paired.csv",
+    "all_models.csv",
+]
 
 
 def all_targets():
     out = []
     for exp in EXPS:
-        out += [f"{RES}/{exp}/tables/main.md", f"{RES}/{exp}/tables/paired.md"]
-        out += [f"{RES}/{exp}/figures/{f}.png" for f in FIGURES]
+        out += [layout(exp).table(t) for t in ("main.md", "paired.md")]
+        out += [layout(exp).figure(f) for f in FIGURES]
     return out
 
 
 def manifest(exp):
     """Everything aggregation and figures need to know about the models of one experiment."""
     models = []
-    for model in model_ids(exp):
-        entry = {"id": model, "dir": model_dir(exp, model)}
-        if model.startswith("order"):
-            entry.update(kind="order", k=int(model[5:]))
-        elif model != "base":
-            strategy, m, seed = model.rsplit("-", 2)
-            entry.update(
-                kind="merge",
-                strategy=strategy,
-                method=MERGES[strategy]["method"],
-                m=int(m[1:]),
-                seed=int(seed[1:]),
-            )
-        else:
-            entry["kind"] = "base"
+    for mid in model_ids(exp):
+        entry = {"id": str(mid), "kind": mid.kind}
+        if mid.kind == "order":
+            entry["k"] = mid.k
+        elif mid.kind == "merge":
+            method = MERGES[mid.merge]["method"]
+            entry.update(merge=mid.merge, method=method, m=mid.m, seed=mid.seed)
         models.append(entry)
     return {
+        "results": RES,
         "experiment": exp,
         "n_orders": n_orders(exp),
         "models": models,
         "benchmarks": {b: v["benchmark"] for b, v in BENCH.items()},
-        "bench_models": {b: bench_models(exp, b) for b in BENCH},
-        "strategies": list(MERGES),
+        "bench_models": {b: [str(m) for m in bench_models(exp, b)] for b in BENCH},
+        "merges": list(MERGES),
     }

@@ -1,10 +1,10 @@
 rule prepare_base:
     output:
-        directory(f"{RES}/{{exp}}/base"),
+        directory(L.base),
     log:
-        f"{RES}/{{exp}}/logs/prepare_base.log",
+        L.log("prepare_base"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/prepare_base.tsv"
+        L.benchmark("prepare_base")
     conda:
         "../../envs/data.yaml"
     resources:
@@ -23,31 +23,32 @@ rule prepare_data:
     input:
         base=rules.prepare_base.output[0],
     output:
-        train=f"{RES}/{{exp}}/data/train.jsonl",
-        test_id=f"{RES}/{{exp}}/data/test_id.jsonl",
-        test_ood=f"{RES}/{{exp}}/data/test_ood.jsonl",
-        stats=f"{RES}/{{exp}}/data/stats.json",
+        train=L.data("train"),
+        test_id=L.data("test_id"),
+        test_ood=L.data("test_ood"),
+        stats=L.data("stats"),
     log:
-        f"{RES}/{{exp}}/logs/prepare_data.log",
+        L.log("prepare_data"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/prepare_data.tsv"
+        L.benchmark("prepare_data")
     conda:
         "../../envs/data.yaml"
     params:
         cfg=lambda w: as_json(EXPS[w.exp]["data"]),
-        out=lambda w: f"{RES}/{w.exp}/data",
+        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
+        out=lambda w: layout(w.exp).data_dir,
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q prepare-data --config {params.cfg:q} --base {input.base}"
-        " --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ordermerge -q prepare-data --config {params.cfg:q} --prompt {params.prompt:q}"
+        " --base {input.base} --out {params.out} > {log} 2>&1"
 
 
 rule make_order:
     input:
         rules.prepare_data.output.train,
     output:
-        f"{RES}/{{exp}}/orders/order{{k}}.json",
+        L.order("{k}"),
     log:
-        f"{RES}/{{exp}}/logs/make_order{{k}}.log",
+        L.log("make_order{k}"),
     conda:
         "../../envs/data.yaml"
     params:

@@ -4,11 +4,11 @@ rule evaluate:
         data=eval_data,
     output:
         # every benchmark of this model: {name}.json + {name}.items.jsonl, published whole
-        directory(f"{RES}/{{exp}}/eval/{{model}}"),
+        directory(L.eval_dir("{model}")),
     log:
-        f"{RES}/{{exp}}/logs/eval_{{model}}.log",
+        L.log("eval_{model}"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/eval_{{model}}.tsv"
+        L.benchmark("eval_{model}")
     conda:
         "../../envs/evaluate.yaml"
     threads: 1
@@ -16,6 +16,7 @@ rule evaluate:
         mem_mb=4000,
     params:
         suite=lambda w: as_json(eval_suite(w.exp, w.model)),
+        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q evaluate --model {input.model} --suite {params.suite:q}"
-        " --out-dir {output} > {log} 2>&1"
+        " --prompt {params.prompt:q} --out-dir {output} > {log} 2>&1"

@@ -1,37 +1,30 @@
 rule merge:
     input:
         base=rules.prepare_base.output[0],
-        models=lambda w: [
-            f"{RES}/{w.exp}/sft/order{k}/model" for k in range(1, int(w.m) + 1)
-        ],
+        models=lambda w: [layout(w.exp).sft(k) for k in range(1, int(w.m) + 1)],
     output:
-        directory(f"{RES}/{{exp}}/merged/{{strategy}}/n{{m}}/s{{seed}}/model"),
+        directory(L.merged("{merge}", "{m}", "{seed}")),
     log:
-        f"{RES}/{{exp}}/logs/merge_{{strategy}}_n{{m}}_s{{seed}}.log",
+        L.log("merge_{merge}_n{m}_s{seed}"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/merge_{{strategy}}_n{{m}}_s{{seed}}.tsv"
+        L.benchmark("merge_{merge}_n{m}_s{seed}")
     conda:
         "../../envs/merge.yaml"
+    threads: 2
     resources:
         mem_mb=merge_mem_mb,
     params:
-        method=lambda w: MERGES[w.strategy]["method"],
-        args=lambda w: " ".join(
-            f"--param {k}={json.dumps(v)}"
-            for k, v in sorted(MERGES[w.strategy]["params"].items())
-        ),
+        method=lambda w: MERGES[w.merge]["method"],
+        cfg=merge_config,
         weights=lambda w: (
-            "--weights "
-            + " ".join(map(str, MERGES[w.strategy]["weights"][: int(w.m)]))
-            if "weights" in MERGES[w.strategy]
+            "--weights " + " ".join(map(str, MERGES[w.merge]["weights"][: int(w.m)]))
+            if "weights" in MERGES[w.merge]
             else ""
         ),
         dtype=lambda w: (
-            f"--dtype {MERGES[w.strategy]['dtype']}"
-            if MERGES[w.strategy]["dtype"]
-            else ""
+            f"--dtype {MERGES[w.merge]['dtype']}" if MERGES[w.merge]["dtype"] else ""
         ),
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q merge --base {input.base} --models {input.models}"
-        " --strategy {params.method} {params.args} {params.weights} {params.dtype}"
-        " --seed {wildcards.seed} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} ordermerge -q merge --base {input.base} --models {input.models} --method {params.method}"
+        " --config {params.cfg:q} --name {wildcards.merge} {params.weights} {params.dtype}"
+        " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"

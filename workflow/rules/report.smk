@@ -8,53 +8,47 @@ rule aggregate:
         evals=lambda w: eval_dirs(w.exp),
     output:
         main=report(
-            f"{RES}/{{exp}}/tables/main.md",
-            caption="../report/main_table.rst",
-            category="Tables",
+            L.table("main.md"), caption="../report/main_table.rst", category="Tables"
         ),
-        main_csv=f"{RES}/{{exp}}/tables/main.csv",
-        main_tex=f"{RES}/{{exp}}/tables/main.tex",
+        main_csv=L.table("main.csv"),
+        main_tex=L.table("main.tex"),
         paired=report(
-            f"{RES}/{{exp}}/tables/paired.md",
+            L.table("paired.md"),
             caption="../report/paired_table.rst",
             category="Tables",
         ),
-        paired_csv=f"{RES}/{{exp}}/tables/paired.csv",
+        paired_csv=L.table("paired.csv"),
+        all_models=L.table("all_models.csv"),
     log:
-        f"{RES}/{{exp}}/logs/aggregate.log",
+        L.log("aggregate"),
     conda:
         "../../envs/report.yaml"
     params:
         manifest=lambda w: as_json(manifest(w.exp)),
-        root=lambda w: f"{RES}/{w.exp}",
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q aggregate --manifest {params.manifest:q} --root {params.root}"
-        " > {log} 2>&1"
+        "ordermerge -q aggregate --manifest {params.manifest:q} > {log} 2>&1"
 
 
 rule figures:
     input:
-        tables=rules.aggregate.output.main_csv,
+        all_models=rules.aggregate.output.all_models,
         losses=lambda w: [
-            f"{RES}/{w.exp}/sft/order{k}/sample_losses.parquet"
-            for k in range(1, n_orders(w.exp) + 1)
+            layout(w.exp).sample_losses(k) for k in range(1, n_orders(w.exp) + 1)
         ],
-        merges=lambda w: [f"{model_dir(w.exp, m)}" for m in merged_ids(w.exp)],
+        sft=lambda w: [layout(w.exp).sft(k) for k in range(1, n_orders(w.exp) + 1)],
+        merges=lambda w: [layout(w.exp).model(m) for m in merged_ids(w.exp)],
     output:
         **{
-            f: report(
-                f"{RES}/{{exp}}/figures/{f}.png",
-                caption=f"../report/{f}.rst",
-                category="Figures",
-            )
+            f: report(L.figure(f), caption=f"../report/{f}.rst", category="Figures")
             for f in FIGURES
         },
+        **{f"{f}_pdf": L.figure(f, "pdf") for f in FIGURES},
+        imbalance_csv=L.table("imbalance.csv"),
     log:
-        f"{RES}/{{exp}}/logs/figures.log",
+        L.log("figures"),
     conda:
         "../../envs/report.yaml"
     params:
         manifest=lambda w: as_json(manifest(w.exp)),
-        root=lambda w: f"{RES}/{w.exp}",
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q figures --manifest {params.manifest:q} --root {params.root} > {log} 2>&1"
+        "ordermerge -q figures --manifest {params.manifest:q} > {log} 2>&1"

@@ -4,11 +4,11 @@ rule sft:
         data=rules.prepare_data.output.train,
         order=rules.make_order.output[0],
     output:
-        directory(f"{RES}/{{exp}}/sft/order{{k}}/model"),
+        directory(L.sft("{k}")),
     log:
-        f"{RES}/{{exp}}/logs/sft_order{{k}}.log",
+        L.log("sft_order{k}"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/sft_order{{k}}.tsv"
+        L.benchmark("sft_order{k}")
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -19,12 +19,14 @@ rule sft:
         gpu=0,
     params:
         cfg=lambda w: as_json(EXPS[w.exp]["sft"]),
-        scratch=lambda w: f"{RES}/{w.exp}/scratch/order{w.k}",
+        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
+        scratch=lambda w: layout(w.exp).scratch(w.k),
     shell:
         # The scratch folder is not an output: Snakemake must not delete it before a retry,
         # because the retry resumes from the checkpoint inside it.
         "OMP_NUM_THREADS={threads} ordermerge -q sft --base {input.base} --data {input.data} --order {input.order}"
-        " --config {params.cfg:q} --scratch {params.scratch} --nproc {resources.gpu} --out {output} >> {log} 2>&1"
+        " --config {params.cfg:q} --prompt {params.prompt:q} --scratch {params.scratch}"
+        " --nproc {resources.gpu} --out {output} >> {log} 2>&1"
 
 
 rule sample_losses:
@@ -33,16 +35,18 @@ rule sample_losses:
         data=rules.prepare_data.output.train,
         order=rules.make_order.output[0],
     output:
-        f"{RES}/{{exp}}/sft/order{{k}}/sample_losses.parquet",
+        L.sample_losses("{k}"),
     log:
-        f"{RES}/{{exp}}/logs/sample_losses_order{{k}}.log",
+        L.log("sample_losses_order{k}"),
     benchmark:
-        f"{RES}/{{exp}}/benchmarks/sample_losses_order{{k}}.tsv"
+        L.benchmark("sample_losses_order{k}")
     conda:
         "../../envs/train.yaml"
     threads: 2
     params:
         max_length=lambda w: EXPS[w.exp]["sft"]["max_length"],
+        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q sample-losses --model {input.model} --data {input.data}"
-        " --order {input.order} --max-length {params.max_length} --out {output} > {log} 2>&1"
+        " --order {input.order} --prompt {params.prompt:q} --max-length {params.max_length}"
+        " --out {output} > {log} 2>&1"

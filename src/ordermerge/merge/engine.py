@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from tqdm import tqdm
 
 from .. import OrdermergeError, __version__
 from ..atomic import atomic_dir, check_output
+from ..catalog import DTYPES, METHODS
+from ..config import method_params
 from ..safetensors_io import (
     CheckpointReader,
     ShardedWriter,
@@ -27,7 +30,6 @@ from ..safetensors_io import (
     folder_fingerprint,
     sha256_file,
 )
-from .params import parse_params
 from .strategies import CHUNK, REGISTRY, Group, Rng
 
 # Files copied next to the merged weights, from the base (else from the first sub-model).
@@ -44,7 +46,6 @@ COPIED_FILES = (
     "chat_template.json",
 )
 MERGE_META = "merge.json"  # marks a folder as a merge's output (atomic.check_output)
-DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def chunk_rng(seed: int, name: str, chunk: int = 0) -> Rng:
@@ -54,7 +55,7 @@ def chunk_rng(seed: int, name: str, chunk: int = 0) -> Rng:
     return Rng(int.from_bytes(digest[:16], "little"))
 
 
-def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[float]:
+def _weights(method: str, weights: Sequence[float] | None, n: int) -> list[float]:
     if weights is None:
         weights = [1.0] * n
     weights = [float(x) for x in weights]
@@ -62,7 +63,7 @@ def _weights(strategy: str, weights: Sequence[float] | None, n: int) -> list[flo
         raise OrdermergeError(f"--weights: got {len(weights)} weights for {n} sub-models")
     if not all(x > 0 and x < float("inf") for x in weights):
         raise OrdermergeError(f"--weights: every weight must be positive and finite, got {weights}")
-    if REGISTRY[strategy].normalise_weights:
+    if METHODS[method].normalise_weights:
         s = sum(weights)
         weights = [x / s for x in weights]
     return weights
@@ -112,35 +113,73 @@ def _check_provenance(base: Path, models: list[Path]) -> None:
 
 
 def _workers() -> int:
-    # torch's thread count honours OMP_NUM_THREADS; the affinity mask honours SLURM's cpus
-    return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0))))
+    # the default: every CPU this process may use (the affinity mask honours SLURM's cpus)
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class MergePlan:
+    """What one merge does: the inputs (readers in a Group's row order: θ1..θN, then θ0), the
+    method and its settings, and the output layout (one dtype per tensor name)."""
+
+    base: Path
+    models: list[Path]
+    out: Path
+    method: str
+    params: dict[str, Any]
+    weights: list[float]
+    seed: int
+    dtype: str | None
+    name: str | None
+    readers: list[CheckpointReader]  # θ1..θN, θ0
+    out_dtype: dict[str, torch.dtype]
+
+    @property
+    def base_reader(self) -> CheckpointReader:
+        return self.readers[-1]
+
+    @property
+    def names(self) -> list[str]:
+        return self.base_reader.names()
+
+    def numel(self, name: str) -> int:
+        return _numel(self.base_reader.infos[name].shape)
+
+    def chunks(self, name: str) -> int:
+        return max(1, -(-self.numel(name) // CHUNK))
+
+    def specs(self) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+        return [(n, self.out_dtype[n], self.base_reader.infos[n].shape) for n in self.names]
 
 
 def merge(
     base: str | Path,
     models: Sequence[str | Path],
     out: str | Path,
-    strategy: str,
+    method: str,
     params: dict[str, Any] | None = None,
     weights: Sequence[float] | None = None,
     seed: int = 0,
     dtype: str | None = None,
     max_shard_size: int = 5 * 2**30,
     progress: bool = True,
+    name: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Merge `models` (fine-tuned from `base`) into the HF folder `out`; returns merge.json.
+    """Merge `models` (fine-tuned from `base`) with `method` into the HF folder `out`; returns
+    merge.json. `name` (the config's merge name) is recorded in it.
 
-    Streams chunks of one tensor name at a time through a thread pool; writes into a hidden
-    sibling folder and renames it at the end, so an interrupted merge never leaves a folder
-    that looks complete.
+    Streams chunks of one tensor name at a time through a pool of `threads` workers; writes into
+    a hidden sibling folder and renames it at the end, so an interrupted merge never leaves a
+    folder that looks complete.
     """
     t0 = time.perf_counter()
     if len(models) < 2:
         raise OrdermergeError(f"need at least 2 sub-models to merge, got {len(models)}")
-    params = parse_params(strategy, params)
-    w = _weights(strategy, weights, len(models))
-    if dtype is not None and dtype not in DTYPE_BY_NAME:
-        raise OrdermergeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_BY_NAME)}")
+    params = method_params(method, params, "--config")
+    w = _weights(method, weights, len(models))
+    if dtype is not None and dtype not in DTYPES:
+        raise OrdermergeError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     base, out = Path(base), Path(out)
     models = [Path(m) for m in models]
     real = [os.path.realpath(m) for m in models]
@@ -153,194 +192,172 @@ def merge(
         model_rs = [opened.enter_context(CheckpointReader(m)) for m in models]
         _check_same_layout(base_r, model_rs)
         _check_provenance(base, models)
-        return _merge(base, models, out, strategy, params, w, seed, dtype, max_shard_size,
-                      progress, base_r, model_rs, t0)
+        out_dtype = {n: getattr(torch, dtype) if dtype and base_r.infos[n].dtype.is_floating_point
+                     else base_r.infos[n].dtype for n in base_r.names()}
+        plan = MergePlan(base, models, out, method, params, w, seed, dtype, name,
+                         [*model_rs, base_r], out_dtype)
+        meta = run_plan(plan, max_shard_size, threads or _workers(), progress)
+    meta["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
+    return meta
 
 
-def _merge(
-    base: Path,
-    models: list[Path],
-    out: Path,
-    strategy: str,
-    params: dict[str, Any],
-    w: list[float],
-    seed: int,
-    dtype: str | None,
-    max_shard_size: int,
-    progress: bool,
-    base_r: CheckpointReader,
-    model_rs: list[CheckpointReader],
-    t0: float,
-) -> dict[str, Any]:
-    strat = REGISTRY[strategy]
+def merge_chunk(plan: MergePlan, name: str, chunk: int, stats: list[list[Any]] | None,
+                writer: ShardedWriter) -> tuple[list[int], Any]:
+    """Merge elements [chunk·CHUNK, …) of one tensor and write them at their offset; returns
+    the zero task-vector count per sub-model and, for selection, the picks per sub-model."""
+    info = plan.base_reader.infos[name]
+    first = chunk * CHUNK
+    count = min(CHUNK, plan.numel(name) - first)
+    buf = torch.empty((len(plan.readers), count * info.dtype.itemsize), dtype=torch.uint8)
+    for row, r in enumerate(plan.readers):
+        r.read_into(name, first, buf[row])
+    g = Group(name, buf.view(info.dtype))
+    n = len(plan.models)
+    if not info.dtype.is_floating_point or count == 0:
+        # integer buffers (e.g. position ids) are not parameters: keep the base's
+        writer.write(name, g.base, first)
+        return [count] * n, None
+    if not g.all_finite():
+        bad = next(i for i in range(len(plan.readers)) if not bool(torch.isfinite(g.stack[i]).all()))
+        raise OrdermergeError(f"{plan.readers[bad].infos[name].shard}: tensor {name} contains NaN or Inf")
+    zeros = [count - int(np.count_nonzero(ch)) for ch in g.changed.numpy()]
+    extra = {} if stats is None else {"stats": [s[chunk] for s in stats]}
+    res = REGISTRY[plan.method].fn(g, plan.weights, chunk_rng(plan.seed, name, chunk),
+                                   **plan.params, **extra)
+    writer.write(name, res.tensor.to(plan.out_dtype[name]), first)
+    return zeros, res.picks
 
-    names = base_r.names()
-    out_dtype = {}
-    for n in names:
-        d = base_r.infos[n].dtype
-        out_dtype[n] = DTYPE_BY_NAME[dtype] if dtype and d.is_floating_point else d
-    specs = [(n, out_dtype[n], base_r.infos[n].shape) for n in names]
-    readers = [*model_rs, base_r]  # the row order of a Group's stack: θ1..θN, then θ0
 
-    def merge_chunk(name: str, chunk: int, stats: list[list[Any]] | None) -> tuple[list[int], Any]:
-        """Merge elements [chunk·CHUNK, …) of one tensor; returns the zero task-vector count
-        per sub-model and, for selection, the picks per sub-model."""
-        info = base_r.infos[name]
-        first = chunk * CHUNK
-        count = min(CHUNK, _numel(info.shape) - first)
-        buf = torch.empty((len(readers), count * info.dtype.itemsize), dtype=torch.uint8)
-        for row, r in enumerate(readers):
-            r.read_into(name, first, buf[row])
-        g = Group(name, buf.view(info.dtype))
-        if not info.dtype.is_floating_point or count == 0:
-            # integer buffers (e.g. position ids) are not parameters: keep the base's
-            writer.write(name, g.base, first)
-            return [count] * len(models), None
-        if not g.all_finite():
-            bad = next(i for i in range(len(readers)) if not bool(torch.isfinite(g.stack[i]).all()))
-            raise OrdermergeError(f"{readers[bad].infos[name].shard}: tensor {name} contains NaN or Inf")
-        zeros = [count - int(np.count_nonzero(ch)) for ch in g.changed.numpy()]
-        extra = {} if stats is None else {"stats": [s[chunk] for s in stats]}
-        res = strat.fn(g, w, chunk_rng(seed, name, chunk), **params, **extra)
-        writer.write(name, res.tensor.to(out_dtype[name]), first)
-        return zeros, res.picks
+def tensor_stats(plan: MergePlan, name: str, pool: ThreadPoolExecutor) -> list[list[Any]] | None:
+    """A method's whole-tensor statistics, one list per sub-model (TIES's trim plan), computed
+    one sub-model per worker."""
+    prepare = REGISTRY[plan.method].prepare
+    if prepare is None or not plan.base_reader.infos[name].dtype.is_floating_point:
+        return None
+    b = plan.base_reader.get(name)
+    models = plan.readers[:-1]
+    return list(pool.map(lambda r: prepare(b, r.get(name), chunk=CHUNK, **plan.params), models))
 
-    def prepare(name: str, pool: ThreadPoolExecutor) -> list[list[Any]] | None:
-        # whole-tensor statistics, one per chunk (TIES's trim plan), one sub-model per worker
-        if strat.prepare is None or not base_r.infos[name].dtype.is_floating_point:
-            return None
-        b = base_r.get(name)
-        return list(pool.map(lambda r: strat.prepare(b, r.get(name), chunk=CHUNK, **params), model_rs))
 
-    zero = {i: dict.fromkeys(names, 0) for i in range(len(models))}
-    picks = torch.zeros(len(models), dtype=torch.long)
-    total_elems = sum(_numel(base_r.infos[n].shape) for n in names)
-    bytes_in = sum(base_r.infos[n].nbytes for n in names) * (1 + len(models))
-    threads = _workers()
+@dataclass
+class _Tally:
+    """Zero task-vector entries per sub-model and tensor, and selection picks per sub-model."""
+
+    zero: dict[int, dict[str, int]]
+    picks: torch.Tensor
+
+    def add(self, name: str, zeros: list[int], picks: Any) -> None:
+        for i, z in enumerate(zeros):
+            self.zero[i][name] += z
+        if picks is not None:
+            self.picks += picks
+
+
+def run_plan(plan: MergePlan, max_shard_size: int, workers: int, progress: bool) -> dict[str, Any]:
+    """Schedule every chunk of every tensor on `workers` threads (at most 2 chunks per worker in
+    flight, so memory stays a few chunks), then write merge.json; the folder is published only
+    when all of it is written."""
+    tally = _Tally({i: dict.fromkeys(plan.names, 0) for i in range(len(plan.models))},
+                   torch.zeros(len(plan.models), dtype=torch.long))
     intra_op = torch.get_num_threads()
     try:
         # a merge killed by kill -9 or the OOM killer leaves only a hidden partial folder,
         # removed by the next merge into `out`
-        with atomic_dir(out, MERGE_META, [base, *models]) as tmp, \
-                ShardedWriter(tmp, specs, max_shard_size) as writer:
-            # chunks run on a thread pool (torch and pread release the GIL), one torch thread
-            # each; at most 2 chunks per worker are in flight, so memory stays a few chunks
-            torch.set_num_threads(1)
-            bar = tqdm(total=len(names), desc=f"merge {strategy}", unit="tensor", disable=not progress)
+        with atomic_dir(plan.out, MERGE_META, [plan.base, *plan.models]) as tmp, \
+                ShardedWriter(tmp, plan.specs(), max_shard_size) as writer:
+            torch.set_num_threads(1)  # chunks run on the pool (torch and pread release the GIL)
+            bar = tqdm(total=len(plan.names), desc=f"merge {plan.name or plan.method}",
+                       unit="tensor", disable=not progress)
             inflight: deque[tuple[str, bool, Future]] = deque()
-            with ThreadPoolExecutor(threads, thread_name_prefix="merge") as pool:
+
+            def collect() -> None:
+                name, last, job = inflight.popleft()
+                tally.add(name, *job.result())  # re-raises a worker's error here, in order
+                bar.update(int(last))
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="merge") as pool:
                 try:
-                    for name in names:
-                        stats = prepare(name, pool)
-                        n_chunks = max(1, -(-_numel(base_r.infos[name].shape) // CHUNK))
+                    for name in plan.names:
+                        stats = tensor_stats(plan, name, pool)
+                        n_chunks = plan.chunks(name)
                         for c in range(n_chunks):
-                            job = pool.submit(merge_chunk, name, c, stats)
+                            job = pool.submit(merge_chunk, plan, name, c, stats, writer)
                             inflight.append((name, c == n_chunks - 1, job))
-                            while len(inflight) > 2 * threads:
-                                _collect(inflight.popleft(), zero, picks, bar)
+                            while len(inflight) > 2 * workers:
+                                collect()
                     while inflight:
-                        _collect(inflight.popleft(), zero, picks, bar)
+                        collect()
                 finally:
                     for _, _, job in inflight:
                         job.cancel()
             bar.close()
             writer.close()
-            shapes = {n: base_r.infos[n].shape for n in names}
-            floats = [base_r.infos[n].dtype for n in names if base_r.infos[n].dtype.is_floating_point]
-            input_dtype = str(floats[0]).removeprefix("torch.") if floats else "none"
-            meta = _finish(
-                tmp, base, models, strategy, params, w, seed, dtype, zero, picks, shapes, input_dtype
-            )
-            meta["elements"] = total_elems
-            elapsed = time.perf_counter() - t0
-            meta["summary"] = {
-                "tensors": len(names),
-                "bytes_read": bytes_in,
-                "bytes_written": writer.bytes_written,
-                "seconds": round(elapsed, 3),
-            }
-            (tmp / MERGE_META).write_text(json.dumps(_stable(meta), indent=2, sort_keys=True) + "\n")
+            meta = merge_metadata(plan, tally)
+            copy_side_files(plan, tmp)
+            (tmp / MERGE_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     except OSError as e:  # disk full, quota, I/O error: one line, and nothing left behind
         where = f" ({e.filename})" if e.filename else ""
         raise OrdermergeError(
-            f"{out}: merge failed: {e.strerror or e}{where}; no output was left behind"
+            f"{plan.out}: merge failed: {e.strerror or e}{where}; no output was left behind"
         ) from None
     finally:
         torch.set_num_threads(intra_op)
+    # merge.json stays byte-identical across reruns: wall-clock figures are returned, not written
+    bytes_in = sum(plan.base_reader.infos[n].nbytes for n in plan.names) * len(plan.readers)
+    meta["summary"] = {"tensors": len(plan.names), "bytes_read": bytes_in,
+                       "bytes_written": writer.bytes_written}
     return meta
 
 
-def _collect(
-    item: tuple[str, bool, Future], zero: dict[int, dict[str, int]], picks: torch.Tensor, bar: tqdm
-) -> None:
-    name, last, job = item
-    zeros, chunk_picks = job.result()  # re-raises a worker's error here, in tensor order
-    for i, z in enumerate(zeros):
-        zero[i][name] += z
-    if chunk_picks is not None:
-        picks += chunk_picks
-    if last:
-        bar.update(1)
-
-
-def _stable(meta: dict[str, Any]) -> dict[str, Any]:
-    # merge.json must be byte-identical across reruns, so wall-clock seconds are kept out of it.
-    return {k: v for k, v in meta.items() if k != "summary"}
-
-
-def _finish(
-    tmp: Path,
-    base: Path,
-    models: list[Path],
-    strategy: str,
-    params: dict[str, Any],
-    w: list[float],
-    seed: int,
-    dtype: str | None,
-    zero: dict[int, dict[str, int]],
-    picks: torch.Tensor,
-    names: dict[str, tuple[int, ...]],
-    input_dtype: str,
-) -> dict[str, Any]:
-    src = base if (base / "config.json").exists() else models[0]
+def copy_side_files(plan: MergePlan, tmp: Path) -> None:
+    """config.json (with the output dtype) and the tokenizer files, from the base (else the
+    first sub-model)."""
+    src = plan.base if (plan.base / "config.json").exists() else plan.models[0]
     cfg_path = src / "config.json"
     if cfg_path.exists():
         cfg = json.loads(cfg_path.read_text())
-        if dtype:
-            cfg["dtype"] = dtype
+        if plan.dtype:
+            cfg["dtype"] = plan.dtype
             if "torch_dtype" in cfg:
-                cfg["torch_dtype"] = dtype
+                cfg["torch_dtype"] = plan.dtype
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     for fname in COPIED_FILES:
-        for folder in (base, models[0]):
+        for folder in (plan.base, plan.models[0]):
             if (folder / fname).exists():
                 shutil.copyfile(folder / fname, tmp / fname)
                 break
-    numel = {n: int(torch.Size(shape).numel()) for n, shape in names.items()}
+
+
+def merge_metadata(plan: MergePlan, tally: _Tally) -> dict[str, Any]:
+    """merge.json: what was merged, how, from which inputs, and the zero task-vector shares."""
+    numel = {n: plan.numel(n) for n in plan.names}
     total = sum(numel.values())
+    floats = [plan.base_reader.infos[n].dtype for n in plan.names
+              if plan.base_reader.infos[n].dtype.is_floating_point]
     per_model = [
         {
             "path": str(m),
-            "zero_fraction": sum(zero[i].values()) / total,
-            "zero_fraction_per_tensor": {n: zero[i][n] / max(1, numel[n]) for n in sorted(zero[i])},
+            "zero_fraction": sum(tally.zero[i].values()) / total,
+            "zero_fraction_per_tensor": {n: tally.zero[i][n] / max(1, numel[n]) for n in sorted(numel)},
         }
-        for i, m in enumerate(models)
+        for i, m in enumerate(plan.models)
     ]
     meta: dict[str, Any] = {
         "ordermerge_version": __version__,
-        "strategy": strategy,
-        "parameters": params,
-        "weights": w,
-        "seed": seed,
-        "dtype": dtype,
-        "input_dtype": input_dtype,
-        "base": folder_fingerprint(base),
-        "models": [folder_fingerprint(m) for m in models],
+        "method": plan.method,
+        "name": plan.name,
+        "parameters": plan.params,
+        "weights": plan.weights,
+        "seed": plan.seed,
+        "dtype": plan.dtype,
+        "input_dtype": str(floats[0]).removeprefix("torch.") if floats else "none",
+        "base": folder_fingerprint(plan.base),
+        "models": [folder_fingerprint(m) for m in plan.models],
         "task_vector_zero": per_model,
+        "elements": total,
     }
-    if strategy == "parameter_selection":
-        n = int(picks.sum())
-        meta["selection_share"] = [int(c) / n if n else 0.0 for c in picks]
-        meta["selection_counts"] = [int(c) for c in picks]
+    if METHODS[plan.method].reports_picks:
+        n = int(tally.picks.sum())
+        meta["selection_share"] = [int(c) / n if n else 0.0 for c in tally.picks]
+        meta["selection_counts"] = [int(c) for c in tally.picks]
     return meta
-

@@ -14,14 +14,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from .params import PARAMS, Param
+from ..catalog import METHODS
 
 # Elements per work unit of the engine (and of TIES's cut search). Random strategies draw from
 # one generator per chunk, so this constant is part of what a seed means: changing it changes
@@ -122,19 +122,22 @@ Prepare = Callable[..., list[Any]]
 
 
 @dataclass(frozen=True)
-class Strategy:
+class Implementation:
     fn: Callable[..., Merged]
-    params: dict[str, Param] = field(default_factory=dict)
-    normalise_weights: bool = True
     prepare: Prepare | None = None  # per-chunk statistics, passed to fn as `stats`
 
 
-REGISTRY: dict[str, Strategy] = {}
+# method name -> its code; what the method is (parameters, randomised, weight normalisation,
+# what it reports) is its entry in ordermerge.catalog.METHODS
+REGISTRY: dict[str, Implementation] = {}
 
 
-def register(name: str, normalise_weights: bool = True, prepare: Prepare | None = None):
+def register(name: str, prepare: Prepare | None = None):
+    if name not in METHODS:
+        raise KeyError(f"merge method {name!r} has no entry in ordermerge.catalog.METHODS")
+
     def deco(fn: Callable[..., Merged]) -> Callable[..., Merged]:
-        REGISTRY[name] = Strategy(fn, PARAMS[name], normalise_weights, prepare)
+        REGISTRY[name] = Implementation(fn, prepare)
         return fn
 
     return deco
@@ -189,7 +192,7 @@ def parameter_selection(g: Group, w: list[float], rng: Rng, resample: bool = Fal
     return _select(g, w, rng, resample)
 
 
-@register("task_arithmetic", normalise_weights=False)
+@register("task_arithmetic")
 def task_arithmetic(g: Group, w: list[float], rng: Rng, **p: float) -> Merged:
     """θ = θ0 + λ Σ_i w_i τ_i (weights as given, default 1; Ilharco et al. 2023)."""
     acc = g.base.to(g.compute_dtype).clone()
@@ -284,7 +287,7 @@ def _disjoint_mean(taus: list[torch.Tensor], w: list[float]) -> torch.Tensor:
     return acc / count.clamp(min=1.0)
 
 
-@register("ties", normalise_weights=False, prepare=trim_plan)
+@register("ties", prepare=trim_plan)
 def ties(
     g: Group, w: list[float], rng: Rng, stats: list[tuple[float, int]] | None = None, **p: float
 ) -> Merged:
@@ -317,7 +320,7 @@ def _dare(g: Group, rng: Rng, p: float) -> list[torch.Tensor]:
     return out
 
 
-@register("dare_linear", normalise_weights=False)
+@register("dare_linear")
 def dare_linear(g: Group, w: list[float], rng: Rng, **p: float) -> Merged:
     """θ = θ0 + λ Σ_i w_i τ̃_i, τ̃_i = τ_i ⊙ m_i / (1−p), m_i ~ Bernoulli(1−p) (Yu et al. 2024)."""
     acc = g.base.to(g.compute_dtype).clone()
@@ -326,7 +329,7 @@ def dare_linear(g: Group, w: list[float], rng: Rng, **p: float) -> Merged:
     return Merged(acc)
 
 
-@register("dare_ties", normalise_weights=False)
+@register("dare_ties")
 def dare_ties(g: Group, w: list[float], rng: Rng, **p: float) -> Merged:
     """θ = θ0 + λ·disjoint_mean(τ̃_i): DARE's random drop and rescale, then TIES's sign election."""
     taus = _dare(g, rng, p["drop_rate"])
