@@ -27,29 +27,30 @@ SHM_KEY = 0x0DE1_0000 + os.getpid() % 0xFFFF
 def _attacks(ctx: dict) -> dict[str, tuple[str, str]]:
     """name -> (program, tests); ctx holds the host-side paths and ports to aim at."""
     want = "def check(c):\n    r = c()\n    assert r == {!r}, r\n"
+    host = "def check(c):\n    c()\n    assert False, 'host checks decide'\n"
+
+    def attempt(*lines: str, imports: str = "") -> str:
+        """f() runs `lines` and returns what they return, or the OSError that stopped them."""
+        body = "".join(f"        {ln}\n" for ln in lines)
+        return f"{imports}def f():\n    try:\n{body}    except OSError as e:\n        return str(e)\n"
+
     a = {
         "connect_loopback_listener": (
-            "import socket\ndef f():\n    try:\n"
-            f"        socket.create_connection(('127.0.0.1', {ctx['port']}), timeout=1)\n"
-            "        return 'connected'\n    except OSError as e:\n        return str(e)\n",
+            attempt(f"socket.create_connection(('127.0.0.1', {ctx['port']}), timeout=1)",
+                    "return 'connected'", imports="import socket\n"),
             want.format("connected")),
         "connect_host_unix_socket": (
-            "import socket\ndef f():\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
-            f"        s.connect({ctx['unix']!r})\n        return 'connected'\n"
-            "    except OSError as e:\n        return str(e)\n",
+            attempt("s = socket.socket(socket.AF_UNIX)", f"s.connect({ctx['unix']!r})",
+                    "return 'connected'", imports="import socket\n"),
             want.format("connected")),
         "read_evaluator_0600_file": (
-            f"def f():\n    try:\n        return open({ctx['secret']!r}).read()\n"
-            "    except OSError as e:\n        return str(e)\n",
-            want.format("s3cret")),
+            attempt(f"return open({ctx['secret']!r}).read()"), want.format("s3cret")),
         "read_and_overwrite_home_canary": (
-            f"def f():\n    try:\n        t = open({ctx['canary']!r}).read()\n"
-            f"        open({ctx['canary']!r}, 'w').write('pwned')\n        return t\n"
-            "    except OSError as e:\n        return str(e)\n",
+            attempt(f"t = open({ctx['canary']!r}).read()",
+                    f"open({ctx['canary']!r}, 'w').write('pwned')", "return t"),
             want.format("canary")),
         "overwrite_world_writable_file": (
-            f"def f():\n    try:\n        open({ctx['shared']!r}, 'w').write('pwned')\n"
-            "        return 'written'\n    except OSError as e:\n        return str(e)\n",
+            attempt(f"open({ctx['shared']!r}, 'w').write('pwned')", "return 'written'"),
             want.format("written")),
         "plant_tmp_devshm_symlink": (
             "import os\ndef f():\n    done = []\n"
@@ -58,11 +59,11 @@ def _attacks(ctx: dict) -> dict[str, tuple[str, str]]:
             "        except OSError:\n            pass\n"
             f"    try:\n        os.symlink('/etc/passwd', '/tmp/{MARK}.link'); done.append('link')\n"
             "    except OSError:\n        pass\n    return len(done)\n",
-            "def check(c):\n    c()\n    assert False, 'host checks decide'\n"),
+            host),
         "sysv_shared_memory": (
             "import ctypes\ndef f():\n    libc = ctypes.CDLL(None)\n"
             f"    return libc.shmget({SHM_KEY}, 4096, 0o1666)\n",
-            "def check(c):\n    c()\n    assert False, 'host checks decide'\n"),
+            host),
         "see_host_processes": (
             "import os\ndef f():\n    try:\n        return len(os.listdir('/proc'))\n"
             "    except OSError:\n        return 0\n",
@@ -72,13 +73,13 @@ def _attacks(ctx: dict) -> dict[str, tuple[str, str]]:
             f"    for pid in ({ctx['evaluator']}, {ctx['launcher']}, -1):\n        try:\n"
             "            os.kill(pid, signal.SIGKILL); hit += 1\n        except OSError:\n"
             "            pass\n    return hit\n",
-            "def check(c):\n    c()\n    assert False, 'host checks decide'\n"),
+            host),
         "daemon_outlives_run": (
             "import os, sys\ndef f():\n    if os.fork() == 0:\n        os.setsid()\n"
             "        if os.fork() == 0:\n"
             f"            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {MARK!r}])\n"
             "        os._exit(0)\n    os.wait()\n    return 'spawned'\n",
-            "def check(c):\n    c()\n    assert False, 'host checks decide'\n"),
+            host),
         "forged_pass_output": (
             "import os, sys\nprint('PASS'); print('passed')\n"
             "for fd in range(0, 40):\n    try:\n        os.write(fd, b'PASS passed\\n')\n"
@@ -125,18 +126,13 @@ def _attacks(ctx: dict) -> dict[str, tuple[str, str]]:
 def _host_checks(ctx: dict) -> dict[str, str]:
     """Breaches seen from the host after every attack ran: name -> what was found."""
     found = {}
-    try:
-        conn, _ = ctx["listener"].accept()
-        conn.close()
-        found["connect_loopback_listener"] = "the listener accepted a connection"
-    except BlockingIOError:
-        pass
-    try:
-        conn, _ = ctx["unix_listener"].accept()
-        conn.close()
-        found["connect_host_unix_socket"] = "the unix socket accepted a connection"
-    except BlockingIOError:
-        pass
+    for name, listener in (("connect_loopback_listener", ctx["listener"]),
+                           ("connect_host_unix_socket", ctx["unix_listener"])):
+        try:
+            listener.accept()[0].close()
+            found[name] = "the listener accepted a connection"
+        except BlockingIOError:
+            pass
     if Path(ctx["canary"]).read_text() != "canary":
         found["read_and_overwrite_home_canary"] = "the home canary changed"
     if Path(ctx["shared"]).read_text() != "safe":

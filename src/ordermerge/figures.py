@@ -1,8 +1,8 @@
-"""The paper's figures (PNG + PDF), one consistent colour per strategy.
+"""The paper's figures (PNG + PDF), one consistent colour per merge.
 
 1. imbalance: final per-sample loss vs epoch-1 position, one line per order (Figure 1).
-2. main: every benchmark, single orders (each, mean ± std) vs every merge strategy.
-3. ablation: metric vs number of merged sub-models, one line per strategy.
+2. main: every benchmark, single orders (each, mean ± std) vs every merge.
+3. ablation: metric vs number of merged sub-models, one line per merge.
 4. zero_fraction: share of task-vector entries that are exactly zero, per sub-model/module.
 5. training: loss per step for every order.
 """

@@ -46,7 +46,7 @@ class SFTConfig:
     grad_accum: int = 1
     max_length: int = 512
     # Compute dtype: "auto" = bf16 autocast on CUDA, float32 on CPU (bf16 matmul backward on a
-    # 2-core CPU measured 90 s vs 0.6 s in fp32 for one 800x256x49152 product).
+    # small CPU is pathologically slower than fp32: docs/MEASUREMENTS.md).
     dtype: str = "auto"
     save_dtype: str | None = None  # default: the base model's dtype
     gradient_checkpointing: bool = False

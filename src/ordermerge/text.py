@@ -127,7 +127,7 @@ def response_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 
     Logits are computed only from the batch's first response position onward: the LM head and
     softmax over a 49k vocabulary are a large share of a small model's forward and backward,
-    and prompts are most of each sequence (SmolLM2-135M: response-loss evaluation 25% faster)."""
+    and prompts are most of each sequence."""
     labels = batch["labels"]
     answered = (labels != IGNORE).any(0).nonzero()
     first = max(int(answered[0]) if len(answered) else labels.shape[1] - 1, 1)

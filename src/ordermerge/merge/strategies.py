@@ -1,12 +1,13 @@
-"""Merge strategies: one short function per method, over the values of ONE parameter name.
+"""The merge methods' code: one short function per method, over the values of ONE parameter
+name (what each method is, its parameters included, is its entry in ordermerge.catalog).
 
 Notation: base θ0, sub-models θ1..θN, task vectors τi = θi − θ0, weights w.
 Each function receives a `Group` (the N sub-model slices and the base slice, stacked, plus cached
 exact "changed" masks), the weights and a generator, and returns the merged slice. The engine
 calls it on consecutive chunks of a tensor's flattened elements (see CHUNK); every method
 is elementwise given its per-chunk statistics (TIES's trim cut and tie budget, computed over
-the whole tensor by the strategy's `prepare`). Arithmetic strategies compute in float32 (or wider); the
-engine casts to the output dtype.
+the whole tensor by the method's `prepare`). Arithmetic methods compute in float32 (or wider);
+the engine casts to the output dtype.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ _INT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 class Rng:
     """Uniform random bits from one PCG64 stream. numpy guarantees the raw output of its bit
-    generators (and SeedSequence seeding) stay the same across versions; 32 random bits cost
-    2.3x less than torch.rand's float on the CPU, and comparisons stay in integers."""
+    generators (and SeedSequence seeding) stay the same across versions; raw 32-bit draws are
+    cheaper than torch.rand's floats on the CPU, and comparisons stay in integers."""
 
     def __init__(self, seed: int):
         self._bits = np.random.PCG64(seed)
@@ -79,7 +80,7 @@ class Group:
     @cached_property
     def bits(self) -> np.ndarray:
         """The stack's stored bits as signed integers, in numpy: on CPU its comparison and
-        counting kernels run 4-8x faster than torch's, and the two share memory."""
+        counting kernels are faster than torch's (docs/MEASUREMENTS.md), and the two share memory."""
         return self.stack.view(_INT_VIEW[self.stack.element_size()]).numpy()
 
     def all_finite(self) -> bool:
@@ -160,7 +161,7 @@ def _select(g: Group, w: list[float], rng: Rng, resample: bool) -> Merged:
     if resample:
         changed = g.changed.numpy().reshape(n, -1)
         cum = changed * np.float32(w)[:, None]
-        for i in range(1, n):  # (numpy's cumsum over axis 0 is 20x slower than this loop)
+        for i in range(1, n):  # (numpy's cumsum over axis 0 is far slower than this loop)
             cum[i] += cum[i - 1]
         total = cum[-1]
         # u ≤ 1 − 2^-24, so u·S < S in float32 for every normal S > 0 (S·(1 − u) is at least
@@ -215,7 +216,7 @@ def _kth_largest(base: torch.Tensor, model: torch.Tensor, k: int) -> tuple[float
     values, so a histogram of the high 16 bits, then one of the low 16 bits inside the bin that
     holds the rank, find the (numel − k)-th smallest. Both passes go chunk by chunk, so memory
     beyond the two inputs stays at one chunk (torch.kthvalue copies the tensor and adds int64
-    indices: 3x the input in float32)."""
+    indices: three times the input in float32)."""
     numel = base.numel()
     if model.dtype == torch.float64:  # rare enough for the simple way
         mag = (model - base).abs().flatten()
