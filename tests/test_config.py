@@ -44,6 +44,11 @@ def set_data(**kv: Any) -> Callable[[dict], None]:
     return lambda c: c["experiments"]["tiny"]["data"].update(kv)
 
 
+def alpaca_without_ood(c: dict) -> None:
+    c["experiments"]["tiny"]["data"].update(format="alpaca", path="configs/tiny.yaml")
+    del c["benchmarks"]["loss_ood"]
+
+
 # (case, mutation of the tiny config, the message's exact start)
 CASES = [
     ("results is a number", setp(("results",), 3), "config key results: 3 is not of type 'string'"),
@@ -114,6 +119,11 @@ CASES = [
      "config key benchmarks.loss_id.settings: 'data' is set by the workflow"),
     ("unknown prompt key", setp((*E, "prompt"), {"system": "hi"}),
      "config key experiments.tiny.prompt: unknown key ('system' was unexpected)"),
+    ("GSM accuracy on data without answers", alpaca_without_ood,
+     "config key benchmarks.gsm_id: benchmark gsm8k needs the field 'answer', which "
+     "experiments.tiny.data (format alpaca) does not have"),
+    ("benchmark for an unknown experiment", setp(("benchmarks", "gsm_id", "experiments"), ["tiny2"]),
+     "config key benchmarks.gsm_id.experiments: 'tiny2' is not a name under experiments"),
     ("unknown split", setp(("benchmarks", "loss_id", "split"), "test"), "config key benchmarks.loss_id.split: 'test' is not one of"),
     ("unknown model set", setp(("benchmarks", "gsm_id", "models"), "some"), "config key benchmarks.gsm_id.models: 'some' is not one of"),
     ("test_ood without gsm_symbolic", set_data(format="alpaca", path="configs/tiny.yaml"),
@@ -177,6 +187,7 @@ NO_DEFAULT = {
     "merges.*.params.drop_rate": "per-method defaults live in ordermerge.catalog.METHODS",
     "merges.*.weights": "absent = uniform",
     "ablation.merges": "absent = every merge",
+    "benchmarks.*.experiments": "absent = every experiment",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -161,3 +162,46 @@ def test_response_only_masking(tok):
     assert (labels[0, :n_prompt] == -100).all()
     assert labels[0, n_prompt:].tolist() == ids[n_prompt:]
     assert (labels[1, 5:] == -100).all() and batch["attention_mask"][1].sum() == 5
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_every_dataset_format_through_the_cli(tmp_path, tiny_base, capsys):
+    """`ordermerge prepare-data` on each format (small local files for the hub formats): exit 0,
+    the four files, and the summary printed for every split, the empty test_ood included."""
+    from ordermerge.catalog import FORMATS
+    from ordermerge.cli import main
+
+    n = 12
+    gsm = _jsonl(tmp_path / "gsm.jsonl", [{"question": f"What is {i} + {i}?",
+                                           "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(n)])
+    alpaca = _jsonl(tmp_path / "alpaca.jsonl", [{"instruction": f"Say {i}.", "input": "" if i % 2 else "now",
+                                                 "output": f"{i}"} for i in range(n)])
+    generic = _jsonl(tmp_path / "generic.jsonl", [{"q": f"Name {i}", "a": f"n{i}", "key": f"k{i}"} for i in range(n)])
+    cfgs = {
+        "gsm_symbolic": {"train_size": 6, "test_size": 3},
+        "gsm8k": {"path": gsm, "train_size": 6, "test_size": 3},
+        "alpaca": {"path": alpaca, "train_size": 6, "test_size": 3},
+        "generic": {"path": generic, "columns": {"prompt": "q", "response": "a", "id": "key"},
+                    "train_size": 6, "test_size": 3},
+        "humaneval": {"train_size": 6, "test_size": 3, "max_tokens": 2048},
+        "codeio": {"train_size": 6, "test_size": 3, "max_tokens": 4096},
+    }
+    assert set(cfgs) == set(FORMATS)
+    for fmt, cfg in cfgs.items():
+        out = tmp_path / f"data-{fmt}"
+        code = main(["prepare-data", "--config", json.dumps({"format": fmt, **cfg}),
+                     "--base", str(tiny_base), "--out", str(out)])
+        printed = capsys.readouterr()
+        assert code == 0, (fmt, printed.err)
+        assert sorted(p.name for p in out.iterdir()) == ["stats.json", "test_id.jsonl", "test_ood.jsonl",
+                                                        "train.jsonl"], fmt
+        assert [ln.split(":")[0] for ln in printed.out.splitlines()] == \
+            (["train", "test_id", "test_ood"] if fmt == "gsm_symbolic" else ["test_id", "train", "test_ood"])
+        train = read_jsonl(out / "train.jsonl")
+        assert train and {"id", "prompt", "response"} <= set(train[0]), fmt
+        if fmt in ("gsm8k", "gsm_symbolic"):
+            assert all(r["answer"] is not None for r in train)

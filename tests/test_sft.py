@@ -56,7 +56,7 @@ def test_model_sees_samples_in_file_order(tiny_base, tiny_data, order_file, tmp_
 
 
 def test_grad_accum_sees_same_order(tiny_base, tiny_data, order_file, tmp_path):
-    _train(tiny_base, tiny_data, order_file, tmp_path / "m", batch_size=2, grad_accum=2)
+    _train(tiny_base, tiny_data, order_file, tmp_path / "m", batch_size=4, micro_batch_size=2)
     log = [json.loads(x) for x in (tmp_path / "m/train_log.jsonl").read_text().splitlines()]
     order = json.loads(order_file.read_text())["epochs"]
     assert [i for r in log for i in r["ids"]] == order[0] + order[1]
@@ -68,19 +68,24 @@ def test_resume_after_kill_gives_identical_weights(tiny_base, tiny_data, order_f
     cmd = [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(tiny_base),
            "--data", str(tiny_data / "train.jsonl"), "--order", str(order_file), "--config", cfg,
            "--scratch", str(tmp_path / "scratch"), "--out", str(tmp_path / "m")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while not (tmp_path / "scratch/ckpt.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, "no checkpoint written"
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_after_checkpoint(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            start_new_session=True), tmp_path / "scratch")
     assert not (tmp_path / "m").exists()  # nothing that looks complete
     res = subprocess.run([*cmd[:2], "ordermerge", "sft", *cmd[5:]], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "resuming from checkpoint at step" in res.stdout
     assert (tmp_path / "m/model.safetensors").read_bytes() == (tmp_path / "ref/model.safetensors").read_bytes()
     assert not (tmp_path / "scratch").exists()
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, scratch: Path) -> None:
+    """kill -9 the whole job (every rank) once a checkpoint step folder is published."""
+    deadline = time.time() + 300
+    while not (scratch.is_dir() and any(p.name.startswith("step-") for p in scratch.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_lora_produces_full_weights(tiny_base, tiny_data, order_file, tmp_path):
@@ -110,25 +115,69 @@ def test_bad_sft_inputs(tiny_base, tiny_data, order_file, tmp_path):
         SFTConfig.from_dict({"learning_rate": 1})
 
 
+def _sft_cmd(tiny_base, tiny_data, order_file, out: Path, nproc: int, **cfg) -> list[str]:
+    # --nproc (what the SFT rule passes from resources.gpu) re-runs the command under torchrun
+    return [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(tiny_base), "--data",
+            str(tiny_data / "train.jsonl"), "--order", str(order_file), "--config",
+            json.dumps({**CFG, **cfg}), "--nproc", str(nproc), "--out", str(out)]
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_keep_the_global_order(tiny_base, tiny_data, order_file, tmp_path):
-    cfg = json.dumps({**CFG, "batch_size": 2})
-    # --nproc 2 (what the SFT rule passes from resources.gpu) re-runs the command under torchrun
-    cmd = [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(tiny_base), "--data",
-           str(tiny_data / "train.jsonl"), "--order", str(order_file), "--config", cfg,
-           "--nproc", "2", "--out", str(tmp_path / "ddp")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def test_fsdp_two_processes_take_the_same_steps_as_one(tiny_base, tiny_data, order_file, tmp_path):
+    """The same global batch on 2 FSDP ranks (gloo) and on 1: the same steps on the same ids,
+    the same losses and gradient norms, the same weights up to float summation order."""
+    res = subprocess.run(_sft_cmd(tiny_base, tiny_data, order_file, tmp_path / "two", 2),
+                         capture_output=True, text=True, env=ONE_THREAD, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "torch.distributed.run --standalone --nproc_per_node=2 -m ordermerge -q sft" in res.stdout
-    log = [json.loads(x) for x in (tmp_path / "ddp/train_log.jsonl").read_text().splitlines()]
+    _train(tiny_base, tiny_data, order_file, tmp_path / "one")
+    two, one = (_log(tmp_path / x) for x in ("two", "one"))
     order = json.loads(order_file.read_text())["epochs"]
-    assert [i for r in log for i in r["ids"]] == order[0] + order[1]
-    # same objective as one process with batch 4: equal up to float summation order
-    _train(tiny_base, tiny_data, order_file, tmp_path / "single", batch_size=4)
-    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
-    for k in a:
-        torch.testing.assert_close(a[k].float(), b[k].float(), atol=2e-2, rtol=2e-2)
+    assert [i for r in two for i in r["ids"]] == order[0] + order[1]
+    assert [r["ids"] for r in two] == [r["ids"] for r in one]
+    for r, s in zip(two, one, strict=True):
+        assert r["loss"] == pytest.approx(s["loss"], abs=1e-5)
+        # summed, not averaged, across ranks (an average would halve the norm)
+        assert r["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-3)
+    a, b = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    for k in a:  # bf16 storage: at most one rounding step apart
+        torch.testing.assert_close(a[k].float(), b[k].float(), atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_fsdp_kill_9_of_both_ranks_resumes_bit_identical(tiny_base, tiny_data, order_file, tmp_path):
+    ref = subprocess.run(_sft_cmd(tiny_base, tiny_data, order_file, tmp_path / "ref", 2, checkpoint_every=2),
+                         capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cmd = [*_sft_cmd(tiny_base, tiny_data, order_file, tmp_path / "m", 2, checkpoint_every=2),
+           "--scratch", str(tmp_path / "scratch")]
+    _kill_after_checkpoint(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            env=ONE_THREAD, start_new_session=True), tmp_path / "scratch")
+    shards = sorted(p.name for p in next((tmp_path / "scratch").glob("step-*")).iterdir())
+    assert {"rng-0.pt", "rng-1.pt", "trainer.pt"} <= set(shards)  # each rank wrote its own part
+    assert not (tmp_path / "m").exists()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from checkpoint at step" in res.stdout
+    assert (tmp_path / "m/model.safetensors").read_bytes() == (tmp_path / "ref/model.safetensors").read_bytes()
+    assert not (tmp_path / "scratch").exists()
+
+
+def _log(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_gradient_clipping_and_its_norm_in_the_log(tiny_base, tiny_data, order_file, tmp_path):
+    _train(tiny_base, tiny_data, order_file, tmp_path / "clip", max_grad_norm=0.5, max_steps=2)
+    _train(tiny_base, tiny_data, order_file, tmp_path / "free", max_grad_norm=None, max_steps=2)
+    clip, free = _log(tmp_path / "clip"), _log(tmp_path / "free")
+    assert clip[0]["grad_norm"] == pytest.approx(free[0]["grad_norm"])  # the norm before clipping
+    assert free[0]["grad_norm"] > 0.5  # so clipping acted, and the weights differ
+    a, b = _weights(tmp_path / "clip"), _weights(tmp_path / "free")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -15,6 +15,19 @@ from typing import Any
 
 DTYPES = ("bfloat16", "float16", "float32")  # storage and compute dtypes, by torch's names
 
+# dataset formats -> the fields their rows carry beyond id, prompt and response (a generic
+# dataset also carries every extra column its `columns:` mapping names)
+FORMATS: dict[str, tuple[str, ...]] = {
+    "gsm_symbolic": ("answer",), "gsm8k": ("answer",), "alpaca": (),
+    "humaneval": ("tests", "entry_point"), "codeio": (), "generic": (),
+}
+
+
+def row_fields(data: dict[str, Any]) -> set[str]:
+    """The fields every row of an experiment's prepared data has."""
+    extra = set(data.get("columns", {})) - {"id", "prompt", "response"} if data["format"] == "generic" else set()
+    return {"id", "prompt", "response", *FORMATS[data["format"]], *extra}
+
 
 @dataclass(frozen=True)
 class Param:

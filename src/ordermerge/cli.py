@@ -216,7 +216,7 @@ def _sft(a: argparse.Namespace) -> None:
 
     res = train(a.base, a.data, a.order, a.out, SFTConfig.from_dict(_json_arg(a.config, "--config")),
                 a.scratch, progress=not a.quiet, prompt=_prompt(a))
-    if res["log"]:
+    if res["log"] and os.environ.get("RANK", "0") == "0":  # one summary, not one per rank
         last = res["log"][-1]
         print(f"trained {res['steps']} steps, final loss {last['loss']:.4f}, {last['seconds']:.1f} s")
 

@@ -10,7 +10,16 @@ from typing import Any
 import yaml
 
 from . import OrdermergeError
-from .catalog import BENCHMARKS, DTYPES, METHODS, defaults, params_schema, settings_schema
+from .catalog import (
+    BENCHMARKS,
+    DTYPES,
+    FORMATS,
+    METHODS,
+    defaults,
+    params_schema,
+    row_fields,
+    settings_schema,
+)
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -39,6 +48,7 @@ def load_schema(schema_path: Path = SCHEMA) -> dict[str, Any]:
     schema = yaml.safe_load(schema_path.read_text())
     exp = schema["properties"]["experiments"]["additionalProperties"]["properties"]
     exp["base"]["properties"]["dtype"]["enum"] = list(DTYPES)
+    exp["data"]["properties"]["format"]["enum"] = list(FORMATS)
     exp["sft"]["properties"]["dtype"]["enum"] = ["auto", *DTYPES]
     exp["sft"]["properties"]["save_dtype"]["enum"] = [*DTYPES, None]
     merge = schema["properties"]["merges"]["additionalProperties"]["properties"]
@@ -129,6 +139,10 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         if s not in cfg["merges"]:
             raise OrdermergeError(f"config key ablation.merges: {s!r} is not a name under merges ({', '.join(cfg['merges'])})")
     for bname, b in cfg["benchmarks"].items():
+        for exp in b.get("experiments", []):
+            if exp not in cfg["experiments"]:
+                raise OrdermergeError(f"config key benchmarks.{bname}.experiments: {exp!r} is not a name "
+                                      f"under experiments ({', '.join(cfg['experiments'])})")
         settings = b.get("settings", {})
         if "data" in settings and BENCHMARKS[b["benchmark"]].reads_split:
             raise OrdermergeError(f"config key benchmarks.{bname}.settings: 'data' is set by the "
@@ -152,9 +166,18 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
                 raise OrdermergeError(f"config key experiments.{exp}.data.{key}: file {p} does not exist")
         if d["format"] != "gsm_symbolic":
             for bname, b in cfg["benchmarks"].items():
+                if exp not in b.get("experiments", cfg["experiments"]):
+                    continue
                 if BENCHMARKS[b["benchmark"]].reads_split and b["split"] == "test_ood":
                     raise OrdermergeError(
                         f"config key benchmarks.{bname}.split: test_ood exists only for gsm_symbolic (experiments.{exp})")
+        for bname, b in cfg["benchmarks"].items():
+            need = BENCHMARKS[b["benchmark"]].needs
+            if exp in b.get("experiments", cfg["experiments"]) and need and need not in row_fields(d):
+                raise OrdermergeError(
+                    f"config key benchmarks.{bname}: benchmark {b['benchmark']} needs the field "
+                    f"{need!r}, which experiments.{exp}.data (format {d['format']}) does not have "
+                    f"(list the experiments it applies to under benchmarks.{bname}.experiments)")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import OrdermergeError
 from .atomic import atomic_dir, check_output
+from .catalog import FORMATS
 from .text import DEFAULT_PROMPT, PromptFormat, encode, read_jsonl, write_jsonl
 
 Row = dict[str, Any]
@@ -163,7 +164,6 @@ def load_rows(path_or_name: str, split: str = "train") -> list[Row]:
         raise OrdermergeError(f"dataset {path_or_name!r}: cannot load ({str(e).splitlines()[0]})") from None
 
 
-FORMATS = ("gsm_symbolic", "gsm8k", "alpaca", "humaneval", "codeio", "generic")
 
 
 def adapt(fmt: str, rows: list[Row], where: str, columns: dict[str, str] | None = None) -> list[Row]:

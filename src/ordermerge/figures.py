@@ -101,7 +101,7 @@ def fig_main(df: pd.DataFrame, manifest: dict[str, Any], lay) -> None:
         errs.append((singles.std(), singles.std()))
         cs.append("#555555")
         for s in manifest["merges"]:
-            ds = d[(d.kind == "merge") & (d.merge == s) & (d.m == n)]
+            ds = d[(d.kind == "merge") & (d["merge"] == s) & (d.m == n)]
             if len(ds):
                 labels.append(s)
                 vals.append(ds.value.mean())
@@ -131,7 +131,7 @@ def fig_ablation(df: pd.DataFrame, manifest: dict[str, Any], lay) -> None:
     for ax, bench in zip(axes[0], benches, strict=True):
         d = df[(df.benchmark == bench) & (df.kind == "merge")]
         for s in manifest["merges"]:
-            g = d[d.merge == s].groupby("m").value.mean()
+            g = d[d["merge"] == s].groupby("m").value.mean()
             if len(g) > 1:
                 ax.plot(g.index, g.values, marker="o", color=col[s], label=s)
         single = df[(df.benchmark == bench) & (df.kind == "order")].value.mean()

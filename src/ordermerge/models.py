@@ -143,6 +143,14 @@ def weights_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
+def inference_placement() -> tuple[str, torch.dtype]:
+    """Where evaluation and per-sample losses run: the job's GPU in bf16 when there is one
+    (losses are still computed in fp32 from the logits), else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
 def load_model(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"):
     from transformers import AutoModelForCausalLM
 

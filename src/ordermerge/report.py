@@ -63,7 +63,7 @@ def main_table(df: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
             out.setdefault(f"order{int(r.k)}", {})[bench] = (r.value, float("nan"))
         out.setdefault("single (mean ± std)", {})[bench] = _mean_std(list(singles.value))
         for s in manifest["merges"]:
-            vals = list(d[(d.kind == "merge") & (d.merge == s) & (d.m == n)].value)
+            vals = list(d[(d.kind == "merge") & (d["merge"] == s) & (d.m == n)].value)
             if vals:
                 out.setdefault(s, {})[bench] = _mean_std(vals)
     rows = []
@@ -174,7 +174,7 @@ def aggregate(manifest: dict[str, Any]) -> None:
     md = ["| benchmark | merge | vs | n | mean diff | 95% CI | Wilcoxon p | merge better |",
           "|---|---|---|---|---|---|---|---|"]
     for _, r in paired.iterrows():
-        md.append(f"| {r.benchmark} | {r.merge} | {r.reference} | {r.n} | {r.mean_diff:+.4f} | "
+        md.append(f"| {r.benchmark} | {r['merge']} | {r.reference} | {r.n} | {r.mean_diff:+.4f} | "
                   f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}] | {r.p_wilcoxon:.3g} | {'yes' if r.merge_better else 'no'} |")
     _write(lay.table("paired.md"), "\n".join(md) + "\n")
     _write(lay.table("main.md"), render_markdown(table, manifest))  # last: marks completion

@@ -1,16 +1,22 @@
-"""Order-exact supervised fine-tuning.
+"""Order-exact supervised fine-tuning on PyTorch FSDP2, one code path for any number of ranks.
 
 The loop is written out (no Trainer sampler, no DataLoader workers, no DistributedSampler) so
-that the model provably sees the samples in the order file's sequence: step s of epoch e takes
-the next `global_batch` ids of `order["epochs"][e]`; with W processes, rank r trains on slice r
-of every micro-batch and gradients are summed across ranks, so the global step is the
-single-process step (up to float summation order).
+that the model provably sees the samples in the order file's sequence: optimizer step s of
+epoch e takes the next `batch_size` ids of `order["epochs"][e]` (the global batch, whatever
+the number of processes). With W ranks, every micro-step covers `micro_batch_size · W` of them
+and rank r takes slice r; gradients are summed across ranks (FSDP2 reduce-scatter, forced to a
+sum on every sharded module) and synchronised only on a step's last micro-step.
 
 Loss = Σ NLL(response tokens of the global batch) / #response tokens of the global batch,
-so gradient accumulation and the number of processes do not change the objective.
-Checkpoints (fp32 master weights, optimizer, scheduler, step, log) go to a scratch folder every
-`checkpoint_every` steps; a restarted job resumes from there and, on CPU, ends with bit-identical
-weights to an uninterrupted run.
+so accumulation and the number of processes do not change the objective: 1 and W ranks take
+the same steps on the same ids and end with the same weights up to float summation order.
+
+Parameters, gradients and AdamW state are sharded across ranks (`fully_shard` on every decoder
+layer and the root); with a 16-bit compute dtype, FSDP2 keeps bf16/fp16 parameters for compute
+and reduces gradients in fp32 against fp32 master weights. Checkpoints are
+torch.distributed.checkpoint step folders (each rank writes its own shard), published
+atomically; a restarted job resumes in place from the newest and, on CPU, ends bit-identical to
+an uninterrupted run with the same number of processes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -25,15 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from . import OrdermergeError
-from .atomic import atomic_dir, atomic_file, check_output, clear_stale_partials
+from .atomic import atomic_dir, check_output
 from .catalog import DTYPES
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
 from .text import DEFAULT_PROMPT, IGNORE, PromptFormat, collate, encode, read_jsonl, response_logits
 
 SFT_META = "ordermerge_sft.json"
+STEP_DIR = re.compile(r"^step-(\d{7})$")
 
 
 @dataclass
@@ -42,17 +52,19 @@ class SFTConfig:
     schedule: str = "linear"  # linear | cosine | constant
     warmup_ratio: float = 0.03
     epochs: int | None = None  # default: every epoch in the order file
-    batch_size: int = 8  # per device
-    grad_accum: int = 1
+    batch_size: int = 8  # samples per optimizer step (the global batch, for any number of ranks)
+    micro_batch_size: int | None = None  # samples per rank per forward; None = the whole share
     max_length: int = 512
-    # Compute dtype: "auto" = bf16 autocast on CUDA, float32 on CPU (bf16 matmul backward on a
-    # small CPU is pathologically slower than fp32: docs/MEASUREMENTS.md).
+    # Compute dtype: "auto" = bf16 on CUDA, float32 on CPU (bf16 matmul backward on a small CPU
+    # is pathologically slower than fp32: docs/MEASUREMENTS.md).
     dtype: str = "auto"
     save_dtype: str | None = None  # default: the base model's dtype
     gradient_checkpointing: bool = False
+    max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
     weight_decay: float = 0.0
     seed: int = 0
     checkpoint_every: int = 0  # steps; 0 = never
+    checkpoint_keep: int = 2  # newest checkpoints kept in the scratch folder
     lora_r: int = 0  # > 0: train LoRA adapters, merged into full weights before saving
     lora_alpha: int = 16
     max_steps: int | None = None  # stop early (for tests and smoke runs)
@@ -66,15 +78,20 @@ class SFTConfig:
         return cls(**d)
 
 
-def _dist() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _dist() -> tuple[int, int, torch.device]:
+    """(rank, world size, device): one process group for every run, a one-rank one included,
+    so that FSDP2 and the distributed checkpoint run the same code at any size."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if not dist.is_initialized():
+        kw: dict[str, Any] = {"backend": "nccl" if cuda else "gloo"}
+        if cuda:
+            torch.cuda.set_device(device)  # every rank on its own GPU, collectives included
+            kw["device_id"] = device
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            kw.update(store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(**kw)
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def _schedule(name: str, step: int, total: int, warmup: int) -> float:
@@ -90,31 +107,17 @@ def _schedule(name: str, step: int, total: int, warmup: int) -> float:
     raise OrdermergeError(f"sft config: schedule {name!r}: expected linear, cosine or constant")
 
 
-def _clear_scratch(scratch: Path) -> None:
-    """Remove the checkpoint this loop wrote, and the folder only if nothing else is in it:
-    --scratch may name a folder that holds other things."""
-    (scratch / "ckpt.pt").unlink(missing_ok=True)
-    clear_stale_partials(scratch / "ckpt.pt")
-    try:
-        scratch.rmdir()
-    except OSError:
-        pass
-
-
-def _save_ckpt(scratch: Path, state: dict[str, Any]) -> None:
-    with atomic_file(scratch / "ckpt.pt") as tmp:  # a kill leaves the previous checkpoint intact
-        torch.save(state, tmp)
-
-
 @dataclass
 class SFTPlan:
-    """The order-exact schedule: optimizer step s of epoch e takes the next `global_batch` ids
-    of `order["epochs"][e]`; each id's tokens are encoded once, in the experiment's prompt
-    format."""
+    """The order-exact schedule: optimizer step s of epoch e takes the next `batch_size` ids
+    of `order["epochs"][e]`, in `accum` micro-steps of `micro · world` samples; each id's tokens
+    are encoded once, in the experiment's prompt format."""
 
     steps: list[tuple[int, list[str]]]  # (epoch, ids) per optimizer step
     total: int  # steps to run (max_steps may cut the schedule)
     warmup: int
+    micro: int  # samples per rank per forward
+    accum: int  # micro-steps per optimizer step
     encoded: dict[str, tuple[list[int], int]]  # id -> (token ids, prompt length)
 
 
@@ -122,29 +125,60 @@ def make_plan(rows: list[dict[str, Any]], order: dict[str, Any], cfg: SFTConfig,
               prompt: PromptFormat, world: int) -> SFTPlan:
     epochs = order["epochs"][: cfg.epochs or len(order["epochs"])]
     encoded = {r["id"]: encode(tok, r["prompt"], r["response"], prompt, cfg.max_length) for r in rows}
-    gb = cfg.batch_size * cfg.grad_accum * world  # samples per optimizer step
+    gb = cfg.batch_size
     steps = [(e, ep[s : s + gb]) for e, ep in enumerate(epochs) for s in range(0, len(ep), gb)]
     total = len(steps) if cfg.max_steps is None else min(cfg.max_steps, len(steps))
     warmup = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
-    return SFTPlan(steps, total, warmup, encoded)
+    micro = cfg.micro_batch_size or -(-gb // world)
+    return SFTPlan(steps, total, warmup, micro, -(-gb // (micro * world)), encoded)
 
 
-def build_model(base: Path, cfg: SFTConfig, plan: SFTPlan, device: torch.device):
-    """fp32 master weights (LoRA adapters if lora_r > 0), AdamW and the LR schedule."""
+def _decoder_layers(model) -> list[torch.nn.Module]:
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names or type(m).__name__.endswith("DecoderLayer")]
+
+
+def _lora(model, cfg: SFTConfig):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                            target_modules="all-linear", lora_dropout=0.0))
+
+
+def _load_base(base: Path):
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(cfg.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
+        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # fp32 master
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 target_modules="all-linear", lora_dropout=0.0))
+
+def build_model(base: Path, cfg: SFTConfig, plan: SFTPlan, device: torch.device,
+                amp: torch.dtype | None, world: int):
+    """fp32 master weights (LoRA adapters if lora_r > 0) sharded by FSDP2 over every rank,
+    AdamW on the shards and the LR schedule."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    torch.manual_seed(cfg.seed)
+    model = _load_base(base)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_r > 0:
+        model = _lora(model, cfg)
     model.to(device).train()
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp else MixedPrecisionPolicy()
+    for layer in _decoder_layers(model):
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            # the loss is already normalised by the global batch's tokens: sum the ranks'
+            # gradients, don't average them (divide factor 1), with plain SUM collectives (gloo
+            # has no PREMUL_SUM); set on every sharded module (neither setting recurses)
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -152,56 +186,92 @@ def build_model(base: Path, cfg: SFTConfig, plan: SFTPlan, device: torch.device)
     return model, params, opt, sched
 
 
-def restore(scratch: Path, model, opt, sched, device: torch.device) -> tuple[int, list[dict[str, Any]]]:
-    """(first step, log so far): from the checkpoint in `scratch` if there is one."""
-    ckpt = scratch / "ckpt.pt"
-    if not ckpt.exists():
+def _checkpoints(scratch: Path) -> list[Path]:
+    """Complete step folders, oldest first (a folder is renamed into place when complete)."""
+    if not scratch.is_dir():
+        return []
+    return sorted(p for p in scratch.iterdir() if STEP_DIR.match(p.name) and (p / "trainer.pt").exists())
+
+
+def save_checkpoint(scratch: Path, step: int, model, opt, sched, log: list[dict[str, Any]],
+                    keep: int, rank: int) -> None:
+    """Every rank writes its shard of model and optimizer (torch.distributed.checkpoint) and its
+    RNG state into a hidden step folder, which rank 0 publishes by one rename; the newest
+    `keep` checkpoints are kept."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = scratch / f".step-{step:07d}.partial"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours: a killed earlier save of this step
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    msd, osd = get_state_dict(model, opt)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        torch.save({"step": step, "log": log, "scheduler": sched.state_dict()}, tmp / "trainer.pt")
+        tmp.rename(scratch / f"step-{step:07d}")
+        for old in _checkpoints(scratch)[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+
+
+def restore(scratch: Path, model, opt, sched, rank: int) -> tuple[int, list[dict[str, Any]]]:
+    """(first step, log so far): from the newest checkpoint in `scratch`, loaded in place into
+    the sharded model and optimizer; the RNG state per rank, on the CPU."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    found = _checkpoints(scratch)
+    if not found:
         return 0, []
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return state["step"], state["log"]
+    latest = found[-1]
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(latest))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rng = latest / f"rng-{rank}.pt"
+    if not rng.exists():
+        raise OrdermergeError(f"{latest}: written by another number of processes (no {rng.name}); "
+                              "resume with the same --nproc or remove the scratch folder")
+    torch.set_rng_state(torch.load(rng, map_location="cpu"))
+    trainer = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=False)
+    sched.load_state_dict(trainer["scheduler"])
+    return trainer["step"], trainer["log"]
 
 
-def train_step(model, params, plan: SFTPlan, step: int, cfg: SFTConfig, tok, device: torch.device,
-               amp: torch.dtype | None, rank: int, world: int) -> tuple[float, int, list[str]]:
+def train_step(model, plan: SFTPlan, step: int, tok, device: torch.device, rank: int,
+               world: int) -> tuple[float, int, list[str]]:
     """Forward and backward over one optimizer step's samples (this rank's slice of every
-    micro-batch), gradients summed across ranks. Loss = Σ NLL(response tokens of the global
-    batch) / #those tokens, so accumulation and world size leave the objective unchanged.
-    Returns (summed NLL, response tokens, ids in global order)."""
+    micro-batch), gradients summed across ranks on the last micro-step. Returns (summed NLL of
+    the global batch, its response tokens, its ids in global order)."""
     ids = plan.steps[step][1]
     n_tokens = sum(len(plan.encoded[i][0]) - plan.encoded[i][1] for i in ids)
     loss_sum = 0.0
+    width = plan.micro * world
     seen = []
-    for a in range(cfg.grad_accum):
-        micro = ids[a * cfg.batch_size * world : (a + 1) * cfg.batch_size * world]
-        mine = micro[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+    for a in range(plan.accum):
+        mine = ids[a * width : (a + 1) * width][rank * plan.micro : (rank + 1) * plan.micro]
         seen.append(mine)
-        if not mine:
-            continue
-        batch = {k: v.to(device) for k, v in collate([plan.encoded[i] for i in mine], tok.pad_token_id).items()}
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits, labels = response_logits(model, batch)
+        # every rank joins every micro-step's collectives: one with no sample left runs the
+        # step's first sample with weight 0 (no gradient, no loss)
+        weight = 1.0 if mine else 0.0
+        batch = collate([plan.encoded[i] for i in (mine or ids[:1])], tok.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        model.set_requires_gradient_sync(a == plan.accum - 1)
+        logits, labels = response_logits(model, batch)
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-            ignore_index=IGNORE, reduction="sum")
+            ignore_index=IGNORE, reduction="sum") * weight
         (nll / n_tokens).backward()
         loss_sum += float(nll.detach())
-    if world == 1:
-        return loss_sum, n_tokens, [i for m in seen for i in m]
-    import torch.distributed as dist
-
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-    t = torch.tensor([loss_sum], device=device)
+    t = torch.tensor([loss_sum], device=device, dtype=torch.float64)
     dist.all_reduce(t)
-    gathered: list[Any] = [None] * world
+    gathered: list[Any] = [None] * world  # what each rank trained on: the log's witness
     dist.all_gather_object(gathered, seen)
-    return float(t), n_tokens, [i for a in range(cfg.grad_accum) for r in range(world) for i in gathered[r][a]]
+    return float(t), n_tokens, [i for a in range(plan.accum) for r in range(world) for i in gathered[r][a]]
 
 
 def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
@@ -209,6 +279,14 @@ def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
     if compute not in DTYPES:
         raise OrdermergeError(f"sft config: dtype {cfg.dtype!r}: expected auto, bfloat16, float16 or float32")
     return None if compute == "float32" else getattr(torch, compute)
+
+
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Clip the global gradient norm (over every rank's shards) to max_norm; returns the norm."""
+    from torch.distributed.tensor import DTensor
+
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
 def train(
@@ -228,49 +306,72 @@ def train(
     base, out = Path(base), Path(out)
     check_output(out, SFT_META, [base, data, order_path])  # before training, not after
     scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
-    rank, world = _dist()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    rank, world, device = _dist()
     rows = read_jsonl(data)
     if not rows:
         raise OrdermergeError(f"{data}: empty dataset")
     order = read_order(order_path, [r["id"] for r in rows])
     tok = load_tokenizer(str(base))
     plan = make_plan(rows, order, cfg, tok, prompt, world)
-    model, params, opt, sched = build_model(base, cfg, plan, device)
-    start, log = restore(scratch, model, opt, sched, device)
-    if start and rank == 0:
-        print(f"resuming from checkpoint at step {start} ({scratch / 'ckpt.pt'})", flush=True)
     amp = _amp_dtype(cfg, device)
+    model, params, opt, sched = build_model(base, cfg, plan, device, amp, world)
+    start, log = restore(scratch, model, opt, sched, rank)
+    if start and rank == 0:
+        print(f"resuming from checkpoint at step {start} ({scratch})", flush=True)
     t0 = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
     bar = tqdm(total=plan.total, initial=start, desc=f"sft {out.parent.name}", unit="step",
                disable=not progress or rank != 0)
     for step in range(start, plan.total):
         opt.zero_grad(set_to_none=True)
-        loss_sum, n_tokens, ids = train_step(model, params, plan, step, cfg, tok, device, amp, rank, world)
+        loss_sum, n_tokens, ids = train_step(model, plan, step, tok, device, rank, world)
+        grad_norm = _grad_norm(params, cfg.max_grad_norm)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         log.append({"step": step + 1, "epoch": plan.steps[step][0] + 1, "loss": loss_sum / n_tokens,
-                    "lr": lr, "tokens": n_tokens, "seconds": round(time.perf_counter() - t0, 3),
-                    "ids": ids})
+                    "grad_norm": grad_norm, "lr": lr, "tokens": n_tokens,
+                    "seconds": round(time.perf_counter() - t0, 3), "ids": ids})
         bar.update(1)
         bar.set_postfix(loss=f"{log[-1]['loss']:.3f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total \
-                and rank == 0:
-            _save_ckpt(scratch, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                                 "step": step + 1, "log": log})
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total:
+            save_checkpoint(scratch, step + 1, model, opt, sched, log, cfg.checkpoint_keep, rank)
     bar.close()
+    full = _full_state_dict(model)  # a collective: every rank takes part, rank 0 gets the weights
     if rank == 0:
-        if cfg.lora_r > 0:
-            model = model.merge_and_unload()  # merging always sees full weights
-        _save(model, tok, base, out, _save_dtype(base, cfg), log, cfg, order_path, data, prompt)
+        _save(_unsharded(base, cfg, full), tok, base, out, _save_dtype(base, cfg), log, cfg,
+              order_path, data, prompt)
         _clear_scratch(scratch)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    dist.barrier()
     return {"steps": plan.total, "log": log}
+
+
+def _full_state_dict(model) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _unsharded(base: Path, cfg: SFTConfig, full: dict[str, torch.Tensor]):
+    """A plain CPU model holding the trained weights (LoRA adapters merged into them)."""
+    model = _load_base(base)
+    if cfg.lora_r > 0:
+        model = _lora(model, cfg)
+    model.load_state_dict(full)
+    return model.merge_and_unload() if cfg.lora_r > 0 else model
+
+
+def _clear_scratch(scratch: Path) -> None:
+    """Remove the checkpoints this loop wrote, and the folder only if nothing else is in it:
+    --scratch may name a folder that holds other things."""
+    if not scratch.is_dir():
+        return
+    for p in scratch.iterdir():
+        if STEP_DIR.match(p.name) or re.fullmatch(r"\.step-\d{7}\.partial", p.name):
+            shutil.rmtree(p)
+    try:
+        scratch.rmdir()
+    except OSError:
+        pass
 
 
 def _save_dtype(base: Path, cfg: SFTConfig) -> torch.dtype:
@@ -306,13 +407,14 @@ def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Pat
     """Each training sample's final loss (mean response NLL, fp32) and its position per epoch."""
     import pandas as pd
 
-    from .models import load_model
+    from .models import inference_placement, load_model
     from .text import per_sample_nll
 
     rows = read_jsonl(data)
     order = read_order(order_path, [r["id"] for r in rows])
     tok = load_tokenizer(str(model_dir))
-    model = load_model(model_dir, dtype=torch.float32)
+    device, dtype = inference_placement()
+    model = load_model(model_dir, dtype=dtype, device=device)
     enc = [encode(tok, r["prompt"], r["response"], prompt, max_length) for r in rows]
     loss, n = per_sample_nll(model, enc, tok.pad_token_id, batch_size, progress, "sample losses")
     df = pd.DataFrame({"id": [r["id"] for r in rows], "loss": loss, "n_tokens": n})

@@ -81,6 +81,11 @@ def main_ids(exp):
     return [i for i in model_ids(exp) if i.kind != "merge" or i in main]
 
 
+def benches(exp):
+    """The benchmarks that evaluate experiment `exp` (benchmarks.*.experiments; default all)."""
+    return [b for b, v in BENCH.items() if exp in v.get("experiments", EXPS)]
+
+
 def bench_models(exp, bench):
     return model_ids(exp) if BENCH[bench]["models"] == "all" else main_ids(exp)
 
@@ -101,7 +106,7 @@ def eval_suite(exp, model):
             "benchmark": BENCH[bench]["benchmark"],
             "settings": bench_settings(exp, bench),
         }
-        for bench in BENCH
+        for bench in benches(exp)
         if mid in bench_models(exp, bench)
     }
 
@@ -184,7 +189,7 @@ def manifest(exp):
         "experiment": exp,
         "n_orders": n_orders(exp),
         "models": models,
-        "benchmarks": {b: v["benchmark"] for b, v in BENCH.items()},
-        "bench_models": {b: [str(m) for m in bench_models(exp, b)] for b in BENCH},
+        "benchmarks": {b: BENCH[b]["benchmark"] for b in benches(exp)},
+        "bench_models": {b: [str(m) for m in bench_models(exp, b)] for b in benches(exp)},
         "merges": list(MERGES),
     }

@@ -34,12 +34,15 @@ def bootstrap_ci(scores: list[float], n_boot: int = 1000, seed: int = 0) -> tupl
 
 
 def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from ..models import inference_placement
+
+    return inference_placement()[0]
 
 
 def compute_dtype() -> str:
-    # fp32 everywhere for now: losses are compared to the fourth decimal
-    return "float32"
+    from ..models import inference_placement
+
+    return str(inference_placement()[1]).removeprefix("torch.")
 
 
 EVAL_META = "ordermerge_eval.json"  # the benchmarks an evaluation folder holds; marks it as ours

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import OrdermergeError
 from ..text import PromptFormat, format_prompt
-from .extract import extract_code, pass_at_k
+from .extract import STOP, extract_code, pass_at_k
 from .generate import generate
 from .sandbox import isolation_problem, run_program
 
@@ -43,15 +43,17 @@ def run(model_dir: Path, loaded: tuple[Any, Any], cfg: dict[str, Any], prompt: P
     rows = humaneval_rows()[: cfg.get("limit")]
     n = cfg["n_samples"]
     ks = [k for k in cfg["k"] if k <= n]
-    # a chat model is asked to complete the function; a raw one continues the prompt's text
+    # a chat model is asked to complete the function; a raw one continues the prompt's text,
+    # and stops where extract_code would cut it anyway (top-level code after the body)
+    chat = prompt.uses_template(tok)
     prompts = [format_prompt(tok, "Complete this Python function.\n\n" + r["prompt"], prompt)
-               if prompt.uses_template(tok) else r["prompt"] for r in rows]
+               if chat else r["prompt"] for r in rows]
     samples: list[list[str]] = [[] for _ in rows]
     speed: dict[str, float] = {"new_tokens": 0, "seconds": 0.0}
     for s in range(n):
         outs, sp = generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"],
-                            progress=progress, do_sample=n > 1, temperature=cfg["temperature"],
-                            seed=cfg["seed"] + s)
+                            stop=() if chat else STOP, progress=progress, do_sample=n > 1,
+                            temperature=cfg["temperature"], seed=cfg["seed"] + s)
         speed["new_tokens"] += sp["new_tokens"]
         speed["seconds"] += sp["seconds"]
         for i, o in enumerate(outs):
