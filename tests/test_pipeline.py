@@ -158,12 +158,18 @@ def test_paper_config_dry_runs_with_the_slurm_profile(tmp_path):
 
 
 def test_every_file_under_results_is_a_declared_output(tiny_run):
-    """Snakemake knows every file the DAG wrote: none is untracked (one owner of the layout,
-    every output declared)."""
+    """Snakemake knows every file the DAG wrote (one owner of the layout, every output
+    declared). --list-untracked also names two kinds of files Snakemake does not track one by
+    one though the rules declare them: the contents of directory() outputs (model folders,
+    evaluation folders) and the `benchmark:` files; everything else must be absent from it."""
     res = smk(tiny_run, "--list-untracked")
     untracked = [ln.strip() for ln in (res.stdout + res.stderr).splitlines()
                  if ln.strip().startswith("results/")]
-    assert untracked == []
+    inside_a_folder_output = re.compile(
+        r"^results/tiny/(base|sft/order\d+/model|merged/\w+/n\d+/s\d+/model|eval/[\w.-]+)/[^/]+$")
+    benchmark_file = re.compile(r"^results/tiny/benchmarks/\w+(-[\w.-]+)?\.tsv$")
+    assert len(untracked) > 100  # the listing does reach into the folders
+    assert [f for f in untracked if not inside_a_folder_output.match(f) and not benchmark_file.match(f)] == []
 
 
 def test_one_prompt_format_reaches_every_rule_that_formats_prompts(tmp_path):

@@ -57,7 +57,7 @@ def sbatch_line(rule: str, threads: int, resources: _Resources) -> str:
 
 PREFIX = "sbatch --parsable --job-name RUN --output LOG --export=ALL --comment rule_{} -A proj42 -p gpu"
 EXPECTED = {
-    "sft": " -t 360 --mem 64000 --cpus-per-task=8 -D WD --gpus=1",
+    "sft": " -t 360 --mem 64000 --cpus-per-task=8 -D WD --gpus=2",
     "evaluate": " -t 120 --mem 32000 --cpus-per-task=8 -D WD --gpus=1",
     "sample_losses": " -t 60 --mem 32000 --cpus-per-task=4 -D WD --gpus=1",
     "merge": " -t 30 --mem <TBD> --ntasks=1 --cpus-per-task=4 -D WD",
@@ -123,11 +123,11 @@ def test_tiny_pipeline_on_slurm_with_a_cancelled_sft_job(slurm_cluster, tiny_run
     log = open(tmp_path / "snakemake.log", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=wd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    ckpt = wd / "results/tiny/scratch/order1/ckpt.pt"
+    scratch = wd / "results/tiny/scratch/order1"
     cancelled = None
     try:
         while proc.poll() is None and cancelled is None and time.monotonic() - t0 < 1500:
-            if ckpt.exists():
+            if any(scratch.glob("step-*")):  # a published checkpoint
                 ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_tiny_1"]
                 subprocess.run(["scancel", ids[-1]], env=env, check=True, timeout=30)
                 cancelled = ids[-1]

@@ -221,6 +221,31 @@ def _sft(a: argparse.Namespace) -> None:
         print(f"trained {res['steps']} steps, final loss {last['loss']:.4f}, {last['seconds']:.1f} s")
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="model folder, or its config.json")
+    p.add_argument("--config", default="{}", help="JSON object of SFT settings (as for sft)")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="GPU counts to plan")
+    p.add_argument("--gpu-memory", type=parse_size, default="80GB", help="memory of one GPU")
+    p.add_argument("--compute-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+
+
+@command("plan", _plan_args)
+def _plan(a: argparse.Namespace) -> None:
+    """Memory per GPU of an SFT job under FSDP over each GPU count; the smallest that fits."""
+    from .plan import GiB, choose_gpus, model_shape, plan_memory, render
+    from .sft import SFTConfig
+
+    sft = SFTConfig.from_dict(_json_arg(a.config, "--config")).__dict__
+    shape = model_shape(a.base)
+    c = 2 if a.compute_dtype == "bfloat16" else 4
+    print(f"{a.base}: {shape.params / 1e9:.2f} B parameters, {shape.layers} layers; "
+          f"batch {sft['batch_size']}, micro-batch {sft['micro_batch_size'] or 'whole share'}, "
+          f"{sft['max_length']} tokens, checkpointing {'on' if sft['gradient_checkpointing'] else 'off'}")
+    print(render([plan_memory(shape, sft, g, c) for g in a.gpus], a.gpu_memory), end="")
+    best = choose_gpus(shape, sft, a.gpu_memory, max(a.gpus), c)
+    print(f"smallest fit: {best.gpus} GPU(s) of {a.gpu_memory / GiB:.0f} GiB ({best.total / GiB:.1f} GiB each)")
+
+
 def _sample_losses_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)

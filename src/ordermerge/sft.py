@@ -274,6 +274,21 @@ def train_step(model, plan: SFTPlan, step: int, tok, device: torch.device, rank:
     return float(t), n_tokens, [i for a in range(plan.accum) for r in range(world) for i in gathered[r][a]]
 
 
+def _check_memory_plan(base: Path, cfg: SFTConfig, world: int, amp: torch.dtype | None,
+                       device: torch.device) -> None:
+    """Fail in one line before loading the model, not at the first optimizer step, when the
+    memory plan (ordermerge.plan) does not fit this job's GPUs."""
+    from .plan import GiB, model_shape, plan_memory
+
+    plan = plan_memory(model_shape(base), asdict(cfg), world, 2 if amp else 4)
+    have = torch.cuda.get_device_properties(device).total_memory
+    if not plan.fits(have):
+        raise OrdermergeError(
+            f"SFT does not fit: the memory plan needs {plan.total / GiB:.1f} GiB per GPU on {world} "
+            f"GPU(s), this GPU has {have / GiB:.1f} GiB (`ordermerge plan --base {base}` shows "
+            "the smallest GPU count that fits)")
+
+
 def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
     compute = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     if compute not in DTYPES:
@@ -314,6 +329,8 @@ def train(
     tok = load_tokenizer(str(base))
     plan = make_plan(rows, order, cfg, tok, prompt, world)
     amp = _amp_dtype(cfg, device)
+    if device.type == "cuda":
+        _check_memory_plan(base, cfg, world, amp, device)
     model, params, opt, sched = build_model(base, cfg, plan, device, amp, world)
     start, log = restore(scratch, model, opt, sched, rank)
     if start and rank == 0:
@@ -331,6 +348,8 @@ def train(
         log.append({"step": step + 1, "epoch": plan.steps[step][0] + 1, "loss": loss_sum / n_tokens,
                     "grad_norm": grad_norm, "lr": lr, "tokens": n_tokens,
                     "seconds": round(time.perf_counter() - t0, 3), "ids": ids})
+        if device.type == "cuda":
+            log[-1]["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
         bar.update(1)
         bar.set_postfix(loss=f"{log[-1]['loss']:.3f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total:

@@ -190,6 +190,8 @@ def manifest(exp):
         "n_orders": n_orders(exp),
         "models": models,
         "benchmarks": {b: BENCH[b]["benchmark"] for b in benches(exp)},
-        "bench_models": {b: [str(m) for m in bench_models(exp, b)] for b in benches(exp)},
+        "bench_models": {
+            b: [str(m) for m in bench_models(exp, b)] for b in benches(exp)
+        },
         "merges": list(MERGES),
     }
