@@ -66,11 +66,10 @@ def write_order(order: dict[str, Any], path: str | Path) -> None:
     lines += [f"    {json.dumps(p)}{',' if i < len(order['epochs']) - 1 else ''}"
               for i, p in enumerate(order["epochs"])]
     lines += ["  ]", "}"]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    from .atomic import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def read_order(path: str | Path, ids: list[str]) -> dict[str, Any]:
