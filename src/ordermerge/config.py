@@ -92,11 +92,7 @@ def method_params(method: str, params: dict[str, Any] | None, where: str = "") -
         raise OrdermergeError(f"{at}method {method}: unknown parameter {unknown[0]!r} "
                               f"(accepted: {', '.join(sorted(spec)) or 'none'})")
     for k, v in params.items():
-        try:
-            check(spec[k].json_schema(), v)
-        except OrdermergeError as e:
-            raise OrdermergeError(f"{at}method {method}: parameter {k}: "
-                                  f"{str(e).split(': ', 1)[1]}") from None
+        check(spec[k].json_schema(), v, prefix=f"{at}method {method}: parameter {k}")
     return defaults(spec, params)
 
 
