@@ -358,3 +358,25 @@ def test_response_logits_give_the_full_forwards_loss(tiny_base, tiny_data):
                                             reduction="none").view(labels.shape)
     torch.testing.assert_close(sums, nll.sum(1), rtol=1e-5, atol=1e-5)
     assert counts.tolist() == (labels != IGNORE).sum(1).tolist()
+
+
+def test_generation_stops_at_a_stop_string(tiny_base):
+    """A stop string cuts the completion where it first occurs and ends generation early;
+    gsm8k passes lm-eval's (a raw model goes on to write the next few-shot question)."""
+    from ordermerge.evaluate import gsm8k
+    from ordermerge.evaluate.generate import cut_at_stop, generate
+    from ordermerge.models import load_model, load_tokenizer
+
+    model, tok = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
+    prompts = ["Question: what is 2 + 3?\nAnswer\n", "Question: name a colour.\nAnswer\n"]
+    full, sp_full = generate(model, tok, prompts, 24, 2, progress=False)
+    word = full[0][len(full[0]) // 2 :][:2]  # a random model repeats itself: any piece will do
+    assert len(word) == 2
+    cut, sp_cut = generate(model, tok, prompts, 24, 2, stop=(word,), progress=False)
+    assert cut == [cut_at_stop(p, f, (word,)) for p, f in zip(prompts, full, strict=True)]
+    assert len(cut[0]) < len(full[0]) and sp_cut["new_tokens"] < sp_full["new_tokens"]
+    assert gsm8k.STOP[0] == "Question:"
+    # a stop string that begins in the prompt (as transformers matches it) cuts at its start
+    assert cut_at_stop("Answer:\n", "\nQuestion: 2", ("\n\nQuestion:",)) == ""
+    assert cut_at_stop("Answer: 5", "\n\nQuestion: 2", ("\n\nQuestion:",)) == ""
+    assert cut_at_stop("x", "The answer is 5. Question: 7", gsm8k.STOP) == "The answer is 5. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ def _value(text: str) -> int | str:
 
 
 def dry_run_resources(workdir: Path, *args: str) -> dict[str, tuple[int, _Resources]]:
-    """rule -> (threads, resources) of its first job, as Snakemake's dry run evaluates them."""
+    """rule -> (threads, resources) of its first job whose resources are all known (else of its
+    first job), as Snakemake's dry run evaluates them."""
     env = {**os.environ, "SLURM_ACCOUNT": "proj42", "SLURM_PARTITION": "gpu"}
     res = subprocess.run([*SNAKEMAKE, "-n", "--workflow-profile", "profiles/slurm", *args],
                          cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
@@ -35,11 +37,14 @@ def dry_run_resources(workdir: Path, *args: str) -> dict[str, tuple[int, _Resour
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", res.stdout + res.stderr):
         m = re.match(r"(?:local)?rule (\w+):", block.strip())
         r = re.search(r"^\s+resources: (.*)$", block, re.M)
-        if not m or not r or m.group(1) in out:
+        if not m or not r:
             continue
         t = re.search(r"^\s+threads: (\d+)$", block, re.M)
         pairs = (kv.split("=", 1) for kv in r.group(1).split(", "))
-        out[m.group(1)] = (int(t.group(1)) if t else 1, _Resources({k: _value(v) for k, v in pairs}))
+        job = (int(t.group(1)) if t else 1, _Resources({k: _value(v) for k, v in pairs}))
+        known = "<TBD>" not in job[1].values()
+        if m.group(1) not in out or (known and "<TBD>" in out[m.group(1)][1].values()):
+            out[m.group(1)] = job
     return out
 
 
@@ -57,7 +62,8 @@ def sbatch_line(rule: str, threads: int, resources: _Resources) -> str:
 
 PREFIX = "sbatch --parsable --job-name RUN --output LOG --export=ALL --comment rule_{} -A proj42 -p gpu"
 EXPECTED = {
-    "sft": " -t 360 --mem 64000 --cpus-per-task=8 -D WD --gpus=2",
+    # the memory plan's: 2 GPUs of 80 GB, 2 ranks x 4 B x 6.74 B parameters + 4 GiB on the host
+    "sft": " -t 360 --mem 55507 --cpus-per-task=8 -D WD --gpus=2",
     "evaluate": " -t 120 --mem 32000 --cpus-per-task=8 -D WD --gpus=1",
     "sample_losses": " -t 60 --mem 32000 --cpus-per-task=4 -D WD --gpus=1",
     "merge": " -t 30 --mem <TBD> --ntasks=1 --cpus-per-task=4 -D WD",
@@ -67,8 +73,19 @@ EXPECTED = {
 }
 
 
+def paper_workdir(path: Path, **overrides) -> Path:
+    """configs/paper.yaml with two of its bases "prepared" as Llama-2-7b's config.json alone: enough
+    for the memory plan, which sets the SFT jobs' GPUs (before a base exists they are <TBD>)."""
+    cfg = {**yaml.safe_load((ROOT / "configs/paper.yaml").read_text()), **overrides}
+    wd = make_workdir(path, cfg)
+    for exp in list(cfg["experiments"])[:2]:  # the third keeps its prepare_base job
+        (wd / "results" / exp / "base").mkdir(parents=True)
+        shutil.copy(ROOT / "configs/shapes/llama-2-7b.json", wd / "results" / exp / "base/config.json")
+    return wd
+
+
 def test_sbatch_command_lines_of_the_paper_profile(tmp_path):
-    wd = make_workdir(tmp_path / "wd", yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    wd = paper_workdir(tmp_path / "wd")
     jobs = dry_run_resources(wd)
     for rule, tail in EXPECTED.items():
         assert sbatch_line(rule, *jobs[rule]) == PREFIX.format(rule) + tail, rule
@@ -76,17 +93,37 @@ def test_sbatch_command_lines_of_the_paper_profile(tmp_path):
     assert {"aggregate", "figures"} <= set(jobs)
 
 
+def test_sft_gpus_follow_the_memory_plan(tmp_path):
+    h200 = dry_run_resources(paper_workdir(tmp_path / "h200", gpu_memory_gb=141))
+    assert h200["sft"][1]["gpu"] == 1 and h200["sft"][1]["mem_mb"] == 29802  # 4096 MiB + 4 B x 6.74 B
+    wd = paper_workdir(tmp_path / "small", gpu_memory_gb=8)
+    res = subprocess.run([*SNAKEMAKE, "-n", "--workflow-profile", "profiles/slurm"], cwd=wd,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p"})
+    assert res.returncode == 1
+    assert ("experiment llama2_gsm8k, gpu_memory_gb 8: SFT does not fit: 23.2 GiB per GPU on 8 GPUs, "
+            "8 GiB available") in res.stdout + res.stderr
+    # without gpu_memory_gb (every CPU config), SFT asks for no GPU
+    cpu = dry_run_resources(make_workdir(tmp_path / "cpu"))
+    assert cpu["sft"][1]["gpu"] == 0
+
+
 def test_gpu_model_and_gres_variants_reach_sbatch(tmp_path):
-    wd = make_workdir(tmp_path / "wd", yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
+    wd = paper_workdir(tmp_path / "wd")
     model = dry_run_resources(wd, "--set-resources", "sft:gpu=4", "sft:gpu_model=a100")
     assert sbatch_line("sft", *model["sft"]).endswith("-D WD --gpus=a100:4")
-    gres = dry_run_resources(wd, "--set-resources", "sft:gres=gpu:h100:2")
+    gres = dry_run_resources(wd, "--set-resources", "sft:gres=gpu:h100:4", "sft:gpu=0")
     line = sbatch_line("sft", *gres["sft"])
-    assert line.endswith("-D WD --gres=gpu:h100:2") and "--gpus" not in line
+    assert line.endswith("-D WD --gres=gpu:h100:4") and "--gpus" not in line
     # the GPU count is also the number of torchrun ranks the SFT job starts
     dry = subprocess.run([*SNAKEMAKE, "-n", "-p", "--workflow-profile", "profiles/slurm",
                           "--set-resources", "sft:gpu=4"], cwd=wd, capture_output=True, text=True,
                          env={**os.environ, "SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p"}, timeout=300)
+    assert "--nproc 4 --out" in dry.stdout
+    dry = subprocess.run([*SNAKEMAKE, "-n", "-p", "--workflow-profile", "profiles/slurm",
+                          "--set-resources", "sft:gres=gpu:h100:4", "sft:gpu=0"], cwd=wd,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p"})
     assert "--nproc 4 --out" in dry.stdout
 
 

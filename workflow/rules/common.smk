@@ -1,12 +1,16 @@
 import errno
 import json
 import math
+import re
 import sys
+
+from snakemake.exceptions import WorkflowError
 
 from ordermerge import OrdermergeError
 from ordermerge.catalog import BENCHMARKS, METHODS
 from ordermerge.config import validate_config
 from ordermerge.layout import Layout, ModelId
+from ordermerge.plan import GiB, choose_gpus, model_shape
 
 try:
     config = validate_config(
@@ -86,6 +90,18 @@ def benches(exp):
     return [b for b, v in BENCH.items() if exp in v.get("experiments", EXPS)]
 
 
+def local_files(*paths):
+    """Those of `paths` that name local files or folders (a hub id is fetched, not declared):
+    declared as inputs, a missing local file stops the run before any job."""
+    suffixes = (".jsonl", ".json", ".parquet")
+    return [p for p in paths if p and (Path(p).exists() or Path(p).suffix in suffixes)]
+
+
+def data_sources(w):
+    data = EXPS[w.exp]["data"]
+    return local_files(data.get("path"), data.get("test_path"))
+
+
 def bench_models(exp, bench):
     return model_ids(exp) if BENCH[bench]["models"] == "all" else main_ids(exp)
 
@@ -120,8 +136,9 @@ def eval_model_dir(w):
 
 
 def eval_data(w):
-    suite = eval_suite(w.exp, w.model).values()
-    return sorted({s["settings"]["data"] for s in suite if "data" in s["settings"]})
+    suite = [s["settings"] for s in eval_suite(w.exp, w.model).values()]
+    read = [s.get(k) for s in suite for k in ("data", "fewshot_path", "include_path")]
+    return sorted(set(local_files(*read)))
 
 
 def largest_tensor_numel(folder):
@@ -147,6 +164,43 @@ def merge_mem_mb(wildcards, input, attempt):
     """
     numel = largest_tensor_numel(input.base)
     return attempt * (1024 + math.ceil((int(wildcards.m) + 1) * 12 * numel / 2**20))
+
+
+def sft_plan(wildcards, input):
+    """The memory plan of one SFT job on the fewest GPUs of `gpu_memory_gb` that fit it
+    (ordermerge.plan); before the base exists the FileNotFoundError defers it (<TBD>)."""
+    if not Path(input.base, "config.json").exists():
+        raise FileNotFoundError(errno.ENOENT, "no config.json", str(input.base))
+    try:
+        return choose_gpus(
+            model_shape(input.base),
+            EXPS[wildcards.exp]["sft"],
+            int(config["gpu_memory_gb"] * GiB),
+        )
+    except OrdermergeError as err:
+        gb = config["gpu_memory_gb"]
+        raise WorkflowError(f"experiment {wildcards.exp}, gpu_memory_gb {gb}: {err}") from None
+
+
+def sft_gpus(wildcards, input):
+    """GPUs of one SFT job: what its memory plan needs; none (CPU) without gpu_memory_gb."""
+    return sft_plan(wildcards, input).gpus if config["gpu_memory_gb"] else 0
+
+
+def sft_mem_mb(wildcards, input, attempt):
+    """Host memory of one SFT job: the plan's (every rank loads the model), 8 GB on CPU."""
+    if not config["gpu_memory_gb"]:
+        return 8000 * attempt
+    return attempt * math.ceil(sft_plan(wildcards, input).host / 2**20)
+
+
+def sft_nproc(wildcards, resources):
+    """Processes (torchrun ranks) of one SFT job: `ranks` if set, else one per GPU (`gpu`, or
+    the count in a `gres` of gpu[:type]:N), else one."""
+    if not isinstance(resources.gpu, int):
+        return resources.gpu  # <TBD> in a dry run before the base exists
+    gres = re.fullmatch(r"gpu(?::[\w.]+)?:(\d+)", str(resources.get("gres", "")))
+    return resources.ranks or resources.gpu or (int(gres.group(1)) if gres else 1)
 
 
 def merge_config(w):

@@ -22,6 +22,8 @@ rule prepare_base:
 rule prepare_data:
     input:
         base=rules.prepare_base.output[0],
+        # the dataset's local files, if it is not a hub dataset
+        sources=data_sources,
     output:
         train=L.data("train"),
         test_id=L.data("test_id"),

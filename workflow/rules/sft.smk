@@ -13,20 +13,23 @@ rule sft:
         "../../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=sft_mem_mb,
         runtime=240,
-        # GPUs for this job; more than one runs the job's ranks under torchrun (--nproc)
-        gpu=0,
+        # from the memory plan with gpu_memory_gb set, else 0 (CPU)
+        gpu=sft_gpus,
+        # torchrun ranks; 0: one per GPU. On CPU, e.g. sft:ranks=2 runs two gloo FSDP ranks
+        ranks=0,
     params:
         cfg=lambda w: as_json(EXPS[w.exp]["sft"]),
         prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
         scratch=lambda w: layout(w.exp).scratch(w.k),
+        nproc=sft_nproc,
     shell:
         # The scratch folder is not an output: Snakemake must not delete it before a retry,
         # because the retry resumes from the checkpoint inside it.
         "OMP_NUM_THREADS={threads} ordermerge -q sft --base {input.base} --data {input.data} --order {input.order}"
         " --config {params.cfg:q} --prompt {params.prompt:q} --scratch {params.scratch}"
-        " --nproc {resources.gpu} --out {output} >> {log} 2>&1"
+        " --nproc {params.nproc} --out {output} >> {log} 2>&1"
 
 
 rule sample_losses:

@@ -13,6 +13,18 @@ from tqdm import tqdm
 BATCH_SIZE = 16
 
 
+def cut_at_stop(prompt: str, text: str, stop: tuple[str, ...]) -> str:
+    """`text` up to its first stop string. Like transformers' stop criterion, a stop string
+    may begin in the prompt's tail and end in the completion; the completion is then cut at
+    its start."""
+    for st in stop:
+        tail = prompt[len(prompt) - len(st) + 1 :] if len(st) > 1 else ""
+        k = (tail + text).find(st)
+        if k != -1:
+            text = text[: max(0, k - len(tail))]
+    return text
+
+
 @torch.no_grad()
 def generate(
     model, tok, prompts: list[str], max_new_tokens: int = 256, batch_size: int = BATCH_SIZE,
@@ -47,10 +59,6 @@ def generate(
             text = tok.decode(ids, skip_special_tokens=True)
             n = int((cont[j] != tok.pad_token_id).sum())
             new_tokens += max(n, 1)
-            for st in stop:
-                k = text.find(st)
-                if k != -1:
-                    text = text[:k]
-            outs[i] = text
+            outs[i] = cut_at_stop(prompts[i], text, stop)
     dt = time.perf_counter() - t0
     return outs, {"new_tokens": new_tokens, "seconds": dt, "tokens_per_s": new_tokens / max(dt, 1e-9)}

@@ -9,6 +9,10 @@ from ..text import PromptFormat, format_prompt, read_jsonl
 from .extract import extract_number
 from .generate import generate
 
+# lm-evaluation-harness's gsm8k `until`: a raw model goes on to write the next few-shot
+# question; a chat model ends at EOS (which generate() stops at anyway)
+STOP = ("Question:", "</s>", "<|im_end|>")
+
 
 def run(model_dir: Path, loaded: tuple[Any, Any], cfg: dict[str, Any], prompt: PromptFormat,
         progress: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -25,7 +29,7 @@ def run(model_dir: Path, loaded: tuple[Any, Any], cfg: dict[str, Any], prompt: P
                         f"{e.get('answer') if 'question' in e else e['response']}\n\n" for e in ex)
     prompts = [format_prompt(tok, shots + r["prompt"], prompt) for r in rows]
     outs, speed = generate(model, tok, prompts, cfg["max_new_tokens"], cfg["batch_size"],
-                           progress=progress)
+                           stop=STOP, progress=progress)
     items = []
     for r, o in zip(rows, outs, strict=True):
         pred = extract_number(o)
