@@ -17,6 +17,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# snakemake --report: the front page says what was run and shows the claims tables
+report: front_page_report()
+
+
 rule all:
     default_target: True
     input:

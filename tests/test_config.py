@@ -158,7 +158,7 @@ def test_a_config_that_is_not_a_mapping_and_unreadable_files(tmp_path):
 
 def test_shipped_configs_validate(monkeypatch):
     monkeypatch.chdir(ROOT)
-    for f in ("config.yaml", "configs/tiny.yaml", "configs/paper.yaml"):
+    for f in ("config.yaml", "configs/tiny.yaml", "configs/paper.yaml", "configs/study.yaml"):
         load_config(ROOT / f)
 
 

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import ROOT, SNAKEMAKE, make_workdir, smk
 
+from ordermerge.claims import read_claims
+
 pytestmark = pytest.mark.slow
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
 
@@ -45,7 +47,28 @@ def test_full_tiny_dag_outputs(tiny_run):
     assert "\\textbf" in (res / "tables" / "main.tex").read_text()
     paired = pd.read_csv(res / "tables" / "paired.csv")
     assert set(paired["merge"]) == {"average", "selection", "selection_resample", "ties"}
-    assert {"p_wilcoxon", "ci_lo", "ci_hi"} <= set(paired.columns)
+    assert set(paired.reference) == {"mean single", "order1", "order2", "order3"}
+    assert {"effect", "ci_lo", "ci_hi", "p", "verdict"} <= set(paired.columns)
+    # the claims table: its shape (the tiny model's verdicts mean nothing)
+    claims = read_claims(res / "tables" / "claims.csv")
+    rows = {(r.claim, r.benchmark, r.comparison) for r in claims.itertuples()}
+    train = "train (per-sample loss)"
+    assert {("a", train, "−slope on epoch-1 position"), ("a_recency", train, "−slope on last-epoch position")} <= rows
+    for bench in ("loss_id", "loss_ood", "gsm_id"):
+        assert {(c, bench, cmp) for c, cmp in [("b", "average − mean single"), ("b", "ties − mean single"),
+                                               ("c", "selection − average"), ("c", "selection_resample − average"),
+                                               ("d", "selection_resample − selection")]} <= rows
+    assert ("e", "loss_id", "selection_resample: m=3 − m=2") in rows
+    assert {("f", train, f"{s}: order's model − merge, early samples")
+            for s in ("average", "selection", "selection_resample", "ties")} <= rows
+    assert len(claims) == 2 + 4 + 3 * 7 + 2  # gsm_id has no m=2 model: no ablation row for it
+    assert set(claims.verdict) <= {"shown", "not shown", "opposite"}
+    floor = claims[claims.note != ""]
+    assert set(floor.benchmark) <= {"gsm_id"} and set(floor.verdict) == {"not shown"}
+    tested = (claims.note == "").sum()
+    assert claims.ci_level.iloc[0] == pytest.approx(1 - 0.05 / tested)
+    assert "| claim | benchmark | comparison |" in (res / "tables" / "claims.md").read_text()
+    assert "Experiment tiny" in (tiny_run / "results" / "report_front_page.rst").read_text()
     for k in (1, 2, 3):
         losses = pd.read_parquet(res / f"sft/order{k}/sample_losses.parquet")
         assert len(losses) == 12 and {"pos_epoch1", "pos_epoch2", "loss"} <= set(losses.columns)
@@ -73,6 +96,13 @@ def test_self_contained_report(tiny_run):
 
 def test_nothing_to_do_after_full_run(tiny_run):
     assert planned(tiny_run) == {}
+
+
+def test_forcerun_aggregate_figures_recomputes_nothing_upstream(tiny_run):
+    res = smk(tiny_run, "-n", "--forcerun", "aggregate", "figures")
+    block = (res.stdout + res.stderr).split("Job stats:")[1].split("\n\n")[0]
+    jobs = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", block, re.M)} - {"total"}
+    assert jobs == {"aggregate", "figures", "front_page", "all"}
 
 
 def test_touching_an_unrelated_file_schedules_nothing(tiny_run):

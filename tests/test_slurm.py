@@ -3,10 +3,12 @@ one-node SLURM cluster (tests/slurm/cluster.sh), with an SFT job cancelled mid-t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,13 +136,59 @@ def test_gpu_model_and_gres_variants_reach_sbatch(tmp_path):
 # The cluster itself: the session fixture `slurm_cluster` in conftest.py.
 
 
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def paper_shaped_config(folder: Path) -> dict:
+    """configs/paper.yaml with what this machine cannot run replaced, every other key kept: the
+    tiny base for Llama-2-7b; small local files in each experiment's format for the hub
+    datasets; CPU sizes: 2 orders x 2 epochs, the paper's three main merges (weighted average,
+    selection with and without resampling) with one seed and no ablation, a few test items per
+    benchmark (each SLURM job costs about 8 s of start-up here; the local DAG tests run every
+    method and the ablation); SFT in fp32 (bf16 autocast is slow on CPU)."""
+    cfg = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
+    tiny = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["experiments"]["tiny"]
+    del cfg["gpu_memory_gb"]  # no GPUs: SFT runs on the CPU, its ranks set by sft:ranks
+    n = 30
+    files = {
+        "llama2_gsm8k": _jsonl(folder / "gsm8k.jsonl", [
+            {"question": f"Tom has {i} apples and buys {i + 2}. How many now?",
+             "answer": f"{i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2}\n#### {2 * i + 2}"}
+            for i in range(n)]),
+        "llama2_alpaca": _jsonl(folder / "alpaca.jsonl", [
+            {"instruction": f"Give a word that rhymes with number {i}.", "input": "" if i % 3 else "please",
+             "output": f"Word {i} rhymes with {i + 10}."} for i in range(n)]),
+        "llama2_code": _jsonl(folder / "code.jsonl", [
+            {"instruction": f"Write a function that returns {i}.", "input": "",
+             "output": f"def f():\n    return {i}\n"} for i in range(n)]),
+    }
+    assert set(files) == set(cfg["experiments"])
+    for name, exp in cfg["experiments"].items():
+        exp["base"] = tiny["base"]
+        exp["data"] = {**exp["data"], "path": files[name], "train_size": 16, "test_size": 6,
+                       "max_tokens": 320}
+        exp["orders"] = {**exp["orders"], "n": 2, "epochs": 2}
+        exp["sft"] = {**exp["sft"], "lr": 1e-3, "batch_size": 4, "micro_batch_size": 1,
+                      "max_length": 320, "dtype": "auto", "checkpoint_every": 2}
+    cfg["merges"] = {k: cfg["merges"][k] for k in ("average", "selection", "selection_resample")}
+    cfg["merge_seeds"] = [0]
+    cfg["ablation"] = {"sizes": []}
+    cfg["benchmarks"]["loss"]["settings"] = {"batch_size": 8}
+    cfg["benchmarks"]["gsm8k"]["settings"] = {"limit": 4, "max_new_tokens": 8, "batch_size": 4}
+    cfg["benchmarks"]["humaneval"]["settings"] = {"limit": 3, "max_new_tokens": 16, "batch_size": 3}
+    return cfg
+
+
 # CPU overrides of the profile's GPU requests: one CPU and at most 3 GB per job, so two jobs
-# share this 2-core machine. The command-line lists replace the profile's.
+# share this 2-core machine; each SFT job runs 2 FSDP ranks (gloo) on its one CPU. The
+# command-line lists replace the profile's.
 CPU_OVERRIDES = [
     "--default-resources", "slurm_account=ordermerge-ci", "slurm_partition=debug", "mem_mb=2000",
     "runtime=30", "cpus_per_task=1",
-    "--set-resources", "sft:gpu=0", "sft:mem_mb=3000", "sample_losses:gpu=0",
-    "evaluate:gpu=0", "evaluate:mem_mb=3000", "prepare_base:mem_mb=3000",
+    "--set-resources", "sft:ranks=2", "sft:mem_mb=3000",
+    "sample_losses:gpu=0", "evaluate:gpu=0", "evaluate:mem_mb=3000", "prepare_base:mem_mb=3000",
     "--set-threads", "sft=1", "sample_losses=1", "evaluate=1", "merge=1",
     "--slurm-init-seconds-before-status-checks", "5",
 ]
@@ -153,19 +201,24 @@ def _squeue(env: dict[str, str]) -> list[tuple[str, str, str]]:
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_on_slurm_with_a_cancelled_sft_job(slurm_cluster, tiny_run, tmp_path):
+def test_paper_shaped_dag_on_slurm_with_2_rank_sft_and_a_cancelled_job(slurm_cluster, tmp_path):
+    """The DAG of configs/paper.yaml (three experiments in the gsm8k and alpaca formats, every
+    merge of the paper, per-experiment benchmarks) through a real SLURM cluster, every SFT job at 2
+    gloo FSDP ranks, one of them scancelled after its first checkpoint and resumed."""
     env = {**os.environ, **slurm_cluster}
-    wd = make_workdir(tmp_path / "wd")
+    (tmp_path / "data").mkdir()
+    cfg = paper_shaped_config(tmp_path / "data")
+    wd = make_workdir(tmp_path / "wd", cfg)
     cmd = [*SNAKEMAKE, "--workflow-profile", "profiles/slurm", *CPU_OVERRIDES]
     log = open(tmp_path / "snakemake.log", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=wd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    scratch = wd / "results/tiny/scratch/order1"
+    res = wd / "results/llama2_gsm8k"
     cancelled = None
     try:
         while proc.poll() is None and cancelled is None and time.monotonic() - t0 < 1500:
-            if any(scratch.glob("step-*")):  # a published checkpoint
-                ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_tiny_1"]
+            if any((res / "scratch/order1").glob("step-*")):  # a published checkpoint
+                ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_llama2_gsm8k_1"]
                 subprocess.run(["scancel", ids[-1]], env=env, check=True, timeout=30)
                 cancelled = ids[-1]
             time.sleep(0.2)
@@ -181,49 +234,59 @@ def test_tiny_pipeline_on_slurm_with_a_cancelled_sft_job(slurm_cluster, tiny_run
 
     # Every job except the local rules went through SLURM, order 1's SFT twice.
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", text)
-    local = len(re.findall(r"^localrule (aggregate|figures):", text, re.M))
+    local = len(re.findall(r"^localrule (aggregate|figures|front_page):", text, re.M))
     done = re.search(r"(\d+) of (\d+) steps \(100%\) done", text)
-    assert done and local == 2, text[-3000:]
+    assert done and local == 7, text[-3000:]  # aggregate, figures per experiment; front page
     assert len(submitted) == int(done.group(2)) - local - 1 + 1  # - rule all, + the retry
     states = {i: s for i, s, _ in _squeue(slurm_cluster)}
     assert states[cancelled] == "CANCELLED"
     assert all(states[i] == "COMPLETED" for i in submitted if i != cancelled), states
-    sft1 = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_tiny_1"]
-    assert len(set(sft1) & set(submitted)) == 2
 
-    # The retry resumed from the checkpoint, and the weights equal the uninterrupted local run's.
-    sft_log = (wd / "results/tiny/logs/sft_order1.log").read_text()
+    # Every SFT job ran 2 ranks; the resumed one equals an uninterrupted 2-rank run.
+    for exp in cfg["experiments"]:
+        for k in (1, 2):
+            sft_log = (wd / f"results/{exp}/logs/sft_order{k}.log").read_text()
+            assert "--nproc_per_node=2 -m ordermerge -q sft" in sft_log, (exp, k)
+    sft_log = (res / "logs/sft_order1.log").read_text()
     assert re.search(r"resuming from checkpoint at step [24] ", sft_log), sft_log[-2000:]
-    res, ref = wd / "results/tiny", tiny_run / "results/tiny"
-    for k in (1, 2, 3):
-        assert (res / f"orders/order{k}.json").read_bytes() == (ref / f"orders/order{k}.json").read_bytes()
-        a = res / f"sft/order{k}/model/model.safetensors"
-        assert a.read_bytes() == (ref / f"sft/order{k}/model/model.safetensors").read_bytes(), k
-    merged = sorted(p.relative_to(ref) for p in (ref / "merged").rglob("*")
-                    if p.name in ("model.safetensors", "merge.json"))
-    assert len(merged) == 10  # 5 merges (two ran at once on the 2 CPUs), weights + metadata
-    for rel in merged:
-        assert (res / rel).read_bytes() == (ref / rel).read_bytes(), rel
-    items = sorted(p.relative_to(res) for p in (res / "eval").rglob("*.items.jsonl"))
-    assert len(items) == 26  # 9 models x 2 loss benchmarks + 8 main models x GSM
-    for rel in items:
-        assert (res / rel).read_bytes() == (ref / rel).read_bytes(), rel
-    for f in ("tables/main.md", "figures/main.png", "figures/imbalance.png"):
-        assert (res / f).stat().st_size > 0
+    ref = tmp_path / "ref"
+    sft = subprocess.run(
+        [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(res / "base"), "--data",
+         str(res / "data/train.jsonl"), "--order", str(res / "orders/order1.json"), "--config",
+         json.dumps(cfg["experiments"]["llama2_gsm8k"]["sft"]), "--nproc", "2", "--out", str(ref)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    assert (ref / "model.safetensors").read_bytes() == (res / "sft/order1/model/model.safetensors").read_bytes()
+
+    # Each experiment ran its own benchmarks and produced its tables and figures.
+    want = {"llama2_gsm8k": {"loss", "gsm8k"}, "llama2_alpaca": {"loss"}, "llama2_code": {"loss", "humaneval"}}
+    for exp, benches in want.items():
+        r = wd / "results" / exp
+        ran = {p.name.removesuffix(".json") for p in r.glob("eval/*/*.json")
+               if not p.name.endswith(".items.jsonl") and p.name != "ordermerge_eval.json"}
+        assert ran == benches, (exp, ran)
+        assert len(list(r.glob("eval/*/loss.json"))) == 6  # base, 2 orders, 3 merges
+        for f in ("tables/main.md", "tables/paired.md", "tables/claims.md", "figures/main.png",
+                  "figures/imbalance.png", "figures/ablation.png"):
+            assert (r / f).stat().st_size > 0, (exp, f)
+    assert len(list((wd / "results/llama2_code").glob("eval/*/humaneval.json"))) == 6
+    front = (wd / "results/report_front_page.rst").read_text()
+    assert all(f"Experiment {exp}" in front for exp in cfg["experiments"])
 
     # The merge jobs asked SLURM for the memory the rule computed from the base's largest tensor.
     numel = max(128 * 49152, 256 * 128)  # tied embedding (vocab x hidden) is the largest tensor
-    for m in (2, 3):
-        want = 1024 + -(-(m + 1) * 12 * numel // 2**20)
+    for m in (2,):
+        want_mb = 1024 + -(-(m + 1) * 12 * numel // 2**20)
         ids = [i for i, _, c in _squeue(slurm_cluster)
-               if c.startswith("rule_merge_wildcards_tiny_") and f"_{m}_" in c]
+               if c.startswith("rule_merge_wildcards_llama2_gsm8k_") and f"_{m}_" in c]
+        assert len(ids) == 3
         assert ids
         for i in ids:
             show = subprocess.run(["scontrol", "show", "job", i], capture_output=True, text=True,
                                   env=env, timeout=30).stdout
-            assert f"MinMemoryNode={want}M" in show, show
+            assert f"MinMemoryNode={want_mb}M" in show, show
 
     again = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     assert "submitted with SLURM jobid" not in again.stdout + again.stderr
-    print(f"tiny pipeline through SLURM: {seconds:.0f} s, {len(submitted)} SLURM jobs")
+    print(f"paper-shaped DAG through SLURM: {seconds:.0f} s, {len(submitted)} SLURM jobs")

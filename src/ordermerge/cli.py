@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import OrdermergeError, __version__
@@ -308,7 +309,7 @@ def _manifest_args(p: argparse.ArgumentParser) -> None:
 
 @command("aggregate", _manifest_args)
 def _aggregate(a: argparse.Namespace) -> None:
-    """Main results table (CSV, Markdown, LaTeX) and paired comparisons."""
+    """Main results table (CSV, Markdown, LaTeX), paired comparisons and the claims table."""
     from .report import aggregate
 
     aggregate(_json_arg(a.manifest, "--manifest"))
@@ -320,6 +321,55 @@ def _figures(a: argparse.Namespace) -> None:
     from .figures import make_figures
 
     make_figures(_json_arg(a.manifest, "--manifest"))
+
+
+def _front_page_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", required=True, help="JSON list of {manifest, setup}, one per experiment "
+                   "(the workflow writes it)")
+    p.add_argument("--out", required=True, help="reStructuredText file")
+
+
+@command("front-page", _front_page_args)
+def _front_page(a: argparse.Namespace) -> None:
+    """The HTML report's front page: what was run and every experiment's claims table."""
+    from .atomic import atomic_file
+    from .report import front_page
+
+    runs = json.loads(a.runs)
+    with atomic_file(a.out) as tmp:
+        tmp.write_text(front_page(runs))
+
+
+README_START, README_END = "<!-- claims table: ordermerge readme-claims -->", "<!-- end of claims table -->"
+
+
+def _readme_claims_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--claims", required=True, nargs="+", help="tables/claims.csv of each experiment")
+    p.add_argument("--readme", default="README.md")
+
+
+@command("readme-claims", _readme_claims_args)
+def _readme_claims(a: argparse.Namespace) -> None:
+    """Rewrite the README's claims table (between its two marker lines) from claims.csv files."""
+    from .atomic import atomic_file
+    from .claims import read_claims, render_markdown
+
+    path = Path(a.readme)
+    text = path.read_text(encoding="utf-8")
+    if text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise OrdermergeError(f"{path}: expected one {README_START!r} line and one {README_END!r} line")
+    blocks = []
+    for f in a.claims:
+        try:
+            table = read_claims(f)
+        except (OSError, ValueError) as e:
+            raise OrdermergeError(f"{f}: cannot read a claims table ({e})") from None
+        blocks.append(f"`{f}`:\n\n{render_markdown(table)}")
+    head, rest = text.split(README_START)
+    _, tail = rest.split(README_END)
+    with atomic_file(path) as tmp:
+        tmp.write_text(head + README_START + "\n" + "\n".join(blocks) + README_END + tail, encoding="utf-8")
+    print(f"{path}: claims table from {', '.join(a.claims)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,9 @@ class Layout:
     def merged(self, merge: str, m: int | str, seed: int | str) -> str:
         return f"{self.root}/merged/{merge}/n{m}/s{seed}/model"
 
+    def merge_sample_losses(self, merge: str, m: int | str, seed: int | str) -> str:
+        return f"{self.root}/merged/{merge}/n{m}/s{seed}/sample_losses.parquet"
+
     def merge_json(self, merge: str, m: int | str, seed: int | str) -> str:
         return f"{self.merged(merge, m, seed)}/merge.json"
 
@@ -116,3 +119,8 @@ class Layout:
 
     def benchmark(self, name: str) -> str:
         return f"{self.root}/benchmarks/{name}.tsv"
+
+
+def front_page(results: str) -> str:
+    """The HTML report's front page, across every experiment of a run."""
+    return f"{results}/report_front_page.rst"

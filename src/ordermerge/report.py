@@ -1,10 +1,10 @@
-"""Tables: the main results table (CSV, Markdown, LaTeX) and paired per-item comparisons."""
+"""Tables: the main results table (CSV, Markdown, LaTeX), paired per-item comparisons with the
+mean single model and each order, and the claims table (ordermerge.claims)."""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,18 @@ import pandas as pd
 
 from .atomic import atomic_file
 from .catalog import BENCHMARKS
+from .claims import (
+    CLAIMS,
+    claims_table,
+    comparisons,
+    early_gain,
+    paired,
+    position_effects,
+    read_claims,
+    verdict,
+)
+from .claims import render_markdown as render_claims
+from .claims import row as claim_row
 from .layout import Layout
 from .text import read_jsonl
 
@@ -115,50 +127,70 @@ def render_latex(table: pd.DataFrame, manifest: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paired(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    from scipy.stats import wilcoxon
-
-    ids = sorted(set(a) & set(b))
-    diff = [a[i] - b[i] for i in ids]
-    mean = statistics.fmean(diff)
-    rng = random.Random(0)
-    boots = sorted(statistics.fmean(diff[rng.randrange(len(diff))] for _ in diff) for _ in range(1000))
-    p = 1.0 if all(d == 0 for d in diff) else float(wilcoxon(diff, zero_method="zsplit").pvalue)
-    return {"n": len(ids), "mean_diff": mean, "ci_lo": boots[25], "ci_hi": boots[974], "p_wilcoxon": p}
-
-
-def paired_table(manifest: dict[str, Any]) -> pd.DataFrame:
-    """Each merge (item scores averaged over merge seeds) vs the best single model and vs
-    weighted average; difference = merge − reference."""
+def item_scores(manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """benchmark -> model id -> item id -> score, for every model the benchmark covers."""
     lay = layout_of(manifest)
+    return {bench: {m: load_eval(lay, m, bench)[1] for m in manifest["bench_models"][bench]}
+            for bench in manifest["benchmarks"]}
+
+
+def at_floor(items: dict[str, dict[str, dict[str, float]]]) -> set[str]:
+    """Benchmarks on which every model scores 0 on every item (nothing to compare)."""
+    return {b for b, models in items.items()
+            if all(v == 0 for scores in models.values() for v in scores.values())}
+
+
+def sample_losses(manifest: dict[str, Any]) -> pd.DataFrame:
+    lay = layout_of(manifest)
+    orders = [m["k"] for m in manifest["models"] if m["kind"] == "order"]
+    return pd.concat([pd.read_parquet(lay.sample_losses(k)) for k in orders], ignore_index=True)
+
+
+def main_merges(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The merge of all N orders with the first merge seed, for every merge."""
+    return [m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"]
+            and m["seed"] == min(x["seed"] for x in manifest["models"] if x.get("merge") == m["merge"])]
+
+
+def claims(manifest: dict[str, Any], items: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
+    """The claims table (ordermerge.claims) of one experiment."""
+    lay = layout_of(manifest)
+    losses = sample_losses(manifest)
+    first, last = position_effects(losses, manifest["epochs"])
+    train = "train (per-sample loss)"
+    pos = [claim_row("a", train, "−slope on epoch-1 position", first)]
+    if last is not None:
+        pos.append(claim_row("a_recency", train, "−slope on last-epoch position", last))
+    for m in main_merges(manifest):
+        merged = pd.read_parquet(lay.merge_sample_losses(m["merge"], m["m"], m["seed"]))
+        pos.append(claim_row("f", train, f"{m['merge']}: order's model − merge, early samples",
+                             early_gain(losses, merged)))
+    lower = {b: lower_is_better(k) for b, k in manifest["benchmarks"].items()}
+    return claims_table(pos, comparisons(items, manifest, lower), at_floor(items))
+
+
+def paired_table(manifest: dict[str, Any], items: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
+    """Each merge at m = N (item scores averaged over its seeds) against the mean single model
+    and against each order; effect > 0 means the merge is better (paired t, 95%, uncorrected)."""
     n = manifest["n_orders"]
-    models = manifest["models"]
     rows = []
-    for bench, kind in manifest["benchmarks"].items():
-        lower = lower_is_better(kind)
-        singles = {m["id"]: load_eval(lay, m["id"], bench) for m in models if m["kind"] == "order"}
-        best = (min if lower else max)(singles, key=lambda i: singles[i][0]["value"])
-        per_merge: dict[str, dict[str, float]] = {}
+    for bench, scores in items.items():
+        lower = lower_is_better(manifest["benchmarks"][bench])
+        orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
+        refs = {"mean single": {i: statistics.fmean(scores[o][i] for o in orders) for i in scores[orders[0]]}}
+        refs.update({o: scores[o] for o in orders})
         for s in manifest["merges"]:
-            ids = [m["id"] for m in models if m["kind"] == "merge" and m["merge"] == s
-                   and m["m"] == n and m["id"] in manifest["bench_models"][bench]]
+            ids = [m["id"] for m in manifest["models"] if m.get("merge") == s and m["m"] == n
+                   and m["id"] in scores]
             if not ids:
                 continue
-            all_items = [load_eval(lay, i, bench)[1] for i in ids]
-            per_merge[s] = {k: statistics.fmean(it[k] for it in all_items) for k in all_items[0]}
-        avg = [s for s in manifest["merges"] if any(
-            m.get("merge") == s and m.get("method") == "weighted_average" for m in models)]
-        refs = {f"best single ({best})": singles[best][1]}
-        if avg:
-            refs[avg[0]] = per_merge[avg[0]]
-        for s, items in per_merge.items():
-            for ref_name, ref in refs.items():
-                if ref is items:
-                    continue
-                r = _paired(items, ref)
-                better = (r["mean_diff"] < 0) if lower else (r["mean_diff"] > 0)
-                rows.append({"benchmark": bench, "merge": s, "reference": ref_name, **r,
-                             "merge_better": better})
+            merged = {i: statistics.fmean(scores[x][i] for x in ids) for i in scores[ids[0]]}
+            for ref, ref_items in refs.items():
+                eff = paired(merged, ref_items, lower)
+                lo, hi = eff.ci(0.95)
+                rows.append({"benchmark": bench, "merge": s, "reference": ref, "n": eff.n,
+                             "effect": eff.estimate, "ci_lo": lo, "ci_hi": hi, "p": eff.p,
+                             "verdict": verdict(lo, hi)})
     return pd.DataFrame(rows)
 
 
@@ -169,14 +201,18 @@ def aggregate(manifest: dict[str, Any]) -> None:
     table = main_table(df, manifest)
     _write(lay.table("main.csv"), table.to_csv(index=False))
     _write(lay.table("main.tex"), render_latex(table, manifest))
-    paired = paired_table(manifest)
-    _write(lay.table("paired.csv"), paired.to_csv(index=False))
-    md = ["| benchmark | merge | vs | n | mean diff | 95% CI | Wilcoxon p | merge better |",
+    items = item_scores(manifest)
+    paired_df = paired_table(manifest, items)
+    _write(lay.table("paired.csv"), paired_df.to_csv(index=False))
+    md = ["| benchmark | merge | vs | n | effect (> 0: merge better) | 95% CI | p | verdict |",
           "|---|---|---|---|---|---|---|---|"]
-    for _, r in paired.iterrows():
-        md.append(f"| {r.benchmark} | {r['merge']} | {r.reference} | {r.n} | {r.mean_diff:+.4f} | "
-                  f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}] | {r.p_wilcoxon:.3g} | {'yes' if r.merge_better else 'no'} |")
+    for _, r in paired_df.iterrows():
+        md.append(f"| {r.benchmark} | {r['merge']} | {r.reference} | {r.n} | {r.effect:+.4f} | "
+                  f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}] | {r.p:.3g} | {r.verdict} |")
     _write(lay.table("paired.md"), "\n".join(md) + "\n")
+    table_c = claims(manifest, items)
+    _write(lay.table("claims.csv"), table_c.to_csv(index=False))
+    _write(lay.table("claims.md"), render_claims(table_c))
     _write(lay.table("main.md"), render_markdown(table, manifest))  # last: marks completion
 
 
@@ -184,3 +220,44 @@ def _write(path: str | Path, text: str) -> None:
     # a killed job leaves the old file or none, never a truncated table
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def _rst_table(table: pd.DataFrame) -> list[str]:
+    """The claims as a compact table: rows of benchmarks at floor are named, not listed."""
+    level = table.ci_level.iloc[0] if len(table) else 1 - 0.05
+    tested = table[table.note == ""]
+    lines = [".. csv-table::", f'   :header: "claim", "benchmark", "comparison", "effect [{100 * level:.2f}% CI]", '
+             '"verdict"', ""]
+    for _, r in tested.iterrows():
+        cells = [r.claim, r.benchmark, r.comparison, f"{r.estimate:+.4f} [{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]",
+                 f"**{r.verdict}**"]
+        lines.append("   " + ", ".join('"' + str(c).replace('"', '""') + '"' for c in cells))
+    lines.append("")
+    floor = sorted(set(table.benchmark) - set(tested.benchmark))
+    if floor:
+        lines += [f"At floor (every model scores 0 on every item), so not tested: {', '.join(floor)}.", ""]
+    return lines
+
+
+def front_page(runs: list[dict[str, Any]]) -> str:
+    """The HTML report's front page (reStructuredText): what was run, then each experiment's
+    claims table; `runs` holds each experiment's manifest and its `setup` summary."""
+    out = ["ordermerge: fine-tune on N data orders, merge selectively", "=" * 58, "",
+           "Each experiment fine-tunes one base model on N orders of the same data, merges the N "
+           "sub-models with every strategy, and evaluates every model on each benchmark. The tables "
+           "below are the pipeline's own verdicts (``tables/claims.csv``); the figures and their "
+           "captions are under **Figures**, every table under **Tables**.", "",
+           "**Verdict rule.** Each effect is signed so that > 0 is the direction the paper claims, "
+           "with a paired t interval at level 1 − 0.05/F (F: the rows of that experiment's table, "
+           "Bonferroni). *shown*: the interval lies above 0; *opposite*: below 0; *not shown*: it "
+           "contains 0.", ""]
+    out += ["**Claims.** " + "; ".join(f"*{k}*: {v}" for k, v in CLAIMS.items()) + ".", ""]
+    for run in runs:
+        man, setup = run["manifest"], run["setup"]
+        lay = layout_of(man)
+        title = f"Experiment {man['experiment']}"
+        out += [title, "-" * len(title), ""]
+        out += [f"- **{k}**: {v}" for k, v in setup.items()] + [""]
+        path = Path(lay.table("claims.csv"))
+        out += _rst_table(read_claims(path))
+    return "\n".join(out) + "\n"

@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from ordermerge import OrdermergeError
 from ordermerge.catalog import BENCHMARKS, METHODS
 from ordermerge.config import validate_config
-from ordermerge.layout import Layout, ModelId
+from ordermerge.layout import Layout, ModelId, front_page
 from ordermerge.plan import GiB, choose_gpus, model_shape
 
 try:
@@ -83,6 +83,12 @@ def main_ids(exp):
     n, first = n_orders(exp), config["merge_seeds"][0]
     main = {ModelId("merge", merge=s, m=n, seed=first) for s in MERGES}
     return [i for i in model_ids(exp) if i.kind != "merge" or i in main]
+
+
+def main_merge_losses(exp):
+    """Per-sample training losses of each merge of all N orders, first merge seed."""
+    n, first = n_orders(exp), config["merge_seeds"][0]
+    return [layout(exp).merge_sample_losses(s, n, first) for s in MERGES]
 
 
 def benches(exp):
@@ -168,7 +174,8 @@ def merge_mem_mb(wildcards, input, attempt):
 
 def sft_plan(wildcards, input):
     """The memory plan of one SFT job on the fewest GPUs of `gpu_memory_gb` that fit it
-    (ordermerge.plan); before the base exists the FileNotFoundError defers it (<TBD>)."""
+    (ordermerge.plan); before the base exists the FileNotFoundError defers it (<TBD>).
+    """
     if not Path(input.base, "config.json").exists():
         raise FileNotFoundError(errno.ENOENT, "no config.json", str(input.base))
     try:
@@ -179,7 +186,9 @@ def sft_plan(wildcards, input):
         )
     except OrdermergeError as err:
         gb = config["gpu_memory_gb"]
-        raise WorkflowError(f"experiment {wildcards.exp}, gpu_memory_gb {gb}: {err}") from None
+        raise WorkflowError(
+            f"experiment {wildcards.exp}, gpu_memory_gb {gb}: {err}"
+        ) from None
 
 
 def sft_gpus(wildcards, input):
@@ -208,8 +217,41 @@ def merge_config(w):
     return as_json(MERGES[w.merge]["params"])
 
 
+def setup_summary(exp):
+    """What was run, for the report's front page."""
+    e, n = EXPS[exp], n_orders(exp)
+    data = e["data"]
+    merges = ", ".join(f"{s} ({v['method']})" for s, v in MERGES.items())
+    evaluated = ", ".join(
+        f"{b} ({BENCH[b]['benchmark']}"
+        + (
+            f", {BENCH[b]['split']}"
+            if BENCHMARKS[BENCH[b]["benchmark"]].reads_split
+            else ""
+        )
+        + ")"
+        for b in benches(exp)
+    )
+    return {
+        "base": f"{e['base']['spec']} (stored in {e['base']['dtype']})",
+        "data": f"{data['format']}, {data.get('train_size')} training rows asked, "
+        f"{data.get('test_size')} test items per split",
+        "orders": f"{n} x {e['orders']['epochs']} epochs ({e['orders']['mode']})",
+        "merges": f"{merges}; seeds {config['merge_seeds']}",
+        "benchmarks": evaluated,
+    }
+
+
+def front_page_report():
+    """The HTML report opens on the claims once the pipeline has written them."""
+    page = Path(front_page(RES))
+    return str(page.resolve()) if page.exists() else "workflow/report/workflow.rst"
+
+
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
 TABLES = [
+    "claims.md",
+    "claims.csv",
     "main.md",
     "main.csv",
     "main.tex",
@@ -220,9 +262,9 @@ TABLES = [
 
 
 def all_targets():
-    out = []
+    out = [front_page(RES)]
     for exp in EXPS:
-        out += [layout(exp).table(t) for t in ("main.md", "paired.md")]
+        out += [layout(exp).table(t) for t in ("main.md", "paired.md", "claims.md")]
         out += [layout(exp).figure(f) for f in FIGURES]
     return out
 
@@ -248,4 +290,9 @@ def manifest(exp):
             b: [str(m) for m in bench_models(exp, b)] for b in benches(exp)
         },
         "merges": list(MERGES),
+        "merge_specs": {
+            s: {"method": v["method"], "params": v["params"]} for s, v in MERGES.items()
+        },
+        "ablation": [s for s in MERGES if len(sizes(exp, s)) > 1],
+        "epochs": EXPS[exp]["orders"]["epochs"],
     }

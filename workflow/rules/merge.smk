@@ -28,3 +28,27 @@ rule merge:
         "OMP_NUM_THREADS={threads} ordermerge -q merge --base {input.base} --models {input.models} --method {params.method}"
         " --config {params.cfg:q} --name {wildcards.merge} {params.weights} {params.dtype}"
         " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule merge_sample_losses:
+    input:
+        model=rules.merge.output[0],
+        data=rules.prepare_data.output.train,
+        # for its ids only: a merge has no order, claim f compares it with every order's model
+        order=lambda w: layout(w.exp).order(1),
+    output:
+        L.merge_sample_losses("{merge}", "{m}", "{seed}"),
+    log:
+        L.log("sample_losses_{merge}_n{m}_s{seed}"),
+    benchmark:
+        L.benchmark("sample_losses_{merge}_n{m}_s{seed}")
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    params:
+        max_length=lambda w: EXPS[w.exp]["sft"]["max_length"],
+        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
+    shell:
+        "OMP_NUM_THREADS={threads} ordermerge -q sample-losses --model {input.model} --data {input.data}"
+        " --order {input.order} --prompt {params.prompt:q} --max-length {params.max_length}"
+        " --out {output} > {log} 2>&1"
