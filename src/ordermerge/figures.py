@@ -151,7 +151,7 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
         ax.invert_yaxis()
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
         ax.set_xlabel(("mean single − model" if lower else "model − mean single") + " (> 0: better)")
-        ax.set_title(f"{bench} ({manifest['benchmarks'][bench]}, n = {len(single)} items)")
+        ax.set_title(f"{bench} (n = {len(single)} items)")
     if not benches:
         axes[0][0].set_axis_off()
     level = claims.ci_level.iloc[0] if len(claims) else 0.95

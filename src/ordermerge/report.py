@@ -14,7 +14,6 @@ import pandas as pd
 from .atomic import atomic_file
 from .catalog import BENCHMARKS
 from .claims import (
-    CLAIMS,
     claims_table,
     comparisons,
     early_gain,
@@ -222,42 +221,48 @@ def _write(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _rst_table(table: pd.DataFrame) -> list[str]:
-    """The claims as a compact table: rows of benchmarks at floor are named, not listed."""
+def _verdict_summary(table: pd.DataFrame) -> list[str]:
+    """One row per claim: which comparisons are shown or opposite, how many are not shown. Short
+    on purpose: the report centres its front page, so a long one loses its top."""
     level = table.ci_level.iloc[0] if len(table) else 1 - 0.05
+    lines = [".. csv-table::", f'   :header: "claim", "verdicts ({100 * level:.2f}% intervals)"',
+             "   :widths: 35, 65", ""]
     tested = table[table.note == ""]
-    lines = [".. csv-table::", f'   :header: "claim", "benchmark", "comparison", "effect [{100 * level:.2f}% CI]", '
-             '"verdict"', ""]
-    for _, r in tested.iterrows():
-        cells = [r.claim, r.benchmark, r.comparison, f"{r.estimate:+.4f} [{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]",
-                 f"**{r.verdict}**"]
+    for claim, rows in tested.groupby("claim", sort=False):
+        parts = []
+        for verdict_ in ("shown", "opposite"):
+            hits = rows[rows.verdict == verdict_]
+            if len(hits):
+                parts.append(f"**{verdict_}**: " + ", ".join(
+                    f"{r.comparison.split(':')[0].split(' − ')[0]} ({r.benchmark.split(' ')[0]})"
+                    for r in hits.itertuples()))
+        rest = (rows.verdict == "not shown").sum()
+        if rest:
+            parts.append(f"not shown: {rest} of {len(rows)}")
+        cells = [f"{claim}: {rows.statement.iloc[0]}", "; ".join(parts)]
         lines.append("   " + ", ".join('"' + str(c).replace('"', '""') + '"' for c in cells))
     lines.append("")
     floor = sorted(set(table.benchmark) - set(tested.benchmark))
     if floor:
         lines += [f"At floor (every model scores 0 on every item), so not tested: {', '.join(floor)}.", ""]
-    return lines
+    return [*lines, "Every row, with its effect, interval and detectable effect: ``tables/claims.md`` "
+            "under **Tables**; the figures, with captions, under **Figures**.", ""]
 
 
 def front_page(runs: list[dict[str, Any]]) -> str:
     """The HTML report's front page (reStructuredText): what was run, then each experiment's
-    claims table; `runs` holds each experiment's manifest and its `setup` summary."""
-    out = ["ordermerge: fine-tune on N data orders, merge selectively", "=" * 58, "",
-           "Each experiment fine-tunes one base model on N orders of the same data, merges the N "
-           "sub-models with every strategy, and evaluates every model on each benchmark. The tables "
-           "below are the pipeline's own verdicts (``tables/claims.csv``); the figures and their "
-           "captions are under **Figures**, every table under **Tables**.", "",
-           "**Verdict rule.** Each effect is signed so that > 0 is the direction the paper claims, "
-           "with a paired t interval at level 1 − 0.05/F (F: the rows of that experiment's table, "
-           "Bonferroni). *shown*: the interval lies above 0; *opposite*: below 0; *not shown*: it "
-           "contains 0.", ""]
-    out += ["**Claims.** " + "; ".join(f"*{k}*: {v}" for k, v in CLAIMS.items()) + ".", ""]
+    verdicts; `runs` holds each experiment's manifest and its `setup` summary."""
+    out = ["ordermerge: N data orders, merged selectively", "=" * 45, "",
+           "**Verdict rule.** Each effect is signed so that > 0 is the paper's direction; paired "
+           "t intervals at level 1 − 0.05/F (F: the experiment's tested rows, Bonferroni). "
+           "*shown*: above 0; *opposite*: below 0; *not shown*: contains 0.", ""]
     for run in runs:
         man, setup = run["manifest"], run["setup"]
         lay = layout_of(man)
         title = f"Experiment {man['experiment']}"
         out += [title, "-" * len(title), ""]
-        out += [f"- **{k}**: {v}" for k, v in setup.items()] + [""]
-        path = Path(lay.table("claims.csv"))
-        out += _rst_table(read_claims(path))
+        kept = json.loads(Path(lay.data("stats")).read_text())["splits"]["train"]["rows"]
+        out += ["; ".join(f"**{k}**: {v}" for k, v in setup.items())
+                + f"; **training samples** after the length filter: {kept}.", ""]
+        out += _verdict_summary(read_claims(Path(lay.table("claims.csv"))))
     return "\n".join(out) + "\n"

@@ -221,7 +221,7 @@ def setup_summary(exp):
     """What was run, for the report's front page."""
     e, n = EXPS[exp], n_orders(exp)
     data = e["data"]
-    merges = ", ".join(f"{s} ({v['method']})" for s, v in MERGES.items())
+    merges = ", ".join(MERGES)
     evaluated = ", ".join(
         f"{b} ({BENCH[b]['benchmark']}"
         + (
