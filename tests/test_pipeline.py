@@ -126,21 +126,24 @@ def planned_after(wd: Path, mutate) -> dict[str, int]:
 
 def test_changing_one_strategy_parameter(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["merges"]["ties"]["params"].__setitem__("density", 0.3))
-    assert jobs == {"merge": 1, "evaluate": 1, "aggregate": 1, "figures": 1, "all": 1}
+    # ties at m = N is a main merge: its per-sample training losses (claim f) rerun too
+    assert jobs == {"merge": 1, "evaluate": 1, "merge_sample_losses": 1, "aggregate": 1,
+                    "figures": 1, "front_page": 1, "all": 1}
 
 
 def test_changing_one_benchmark_setting_reruns_the_models_it_covers(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["benchmarks"]["gsm_id"]["settings"].__setitem__("limit", 3))
     # gsm_id covers the main models (base, 3 orders, 4 strategies at m = N), not the ablation
     # merge; one evaluation job per model runs all of that model's benchmarks
-    assert jobs == {"evaluate": 8, "aggregate": 1, "figures": 1, "all": 1}
+    assert jobs == {"evaluate": 8, "aggregate": 1, "figures": 1, "front_page": 1, "all": 1}
 
 
 def test_adding_an_order(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["orders"].__setitem__("n", 4))
     # order4 and the strategies' new m = 4 merges; the m = 2 ablation merge is untouched
     assert jobs == {"make_order": 1, "sft": 1, "sample_losses": 1, "merge": 4,
-                    "evaluate": 1 + 4, "aggregate": 1, "figures": 1, "all": 1}
+                    "evaluate": 1 + 4, "merge_sample_losses": 4, "aggregate": 1, "figures": 1,
+                    "front_page": 1, "all": 1}
 
 
 def test_changing_the_learning_rate_reruns_sft_and_downstream(tiny_run):
