@@ -29,7 +29,7 @@ from scipy import stats
 from scipy.stats import spearmanr
 
 from .atomic import atomic_file
-from .claims import paired
+from .claims import paired, seed_mean, single_mean
 from .report import at_floor, item_scores, layout_of, lower_is_better, sample_losses
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 150})
@@ -128,7 +128,7 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
     for ax, bench in zip(axes[0], benches, strict=False):
         scores = items[bench]
         lower = lower_is_better(manifest["benchmarks"][bench])
-        single = {i: np.mean([scores[o][i] for o in orders]) for i in scores[orders[0]]}
+        single = single_mean(scores, manifest)
         labels, y = [], 0
         for o in orders:
             ax.plot(paired(scores[o], single, lower).estimate, y, "o", color="#999999", ms=4)
@@ -173,16 +173,14 @@ def fig_ablation(items: dict[str, dict[str, dict[str, float]]], manifest: dict[s
     for ax, bench in zip(axes[0], benches, strict=False):
         scores = items[bench]
         lower = lower_is_better(manifest["benchmarks"][bench])
-        single = {i: np.mean([scores[o][i] for o in orders]) for i in scores[orders[0]]}
+        single = single_mean(scores, manifest)
         for o in orders:
             ax.plot(1, paired(scores[o], single, lower).estimate, "o", color="#999999", ms=3)
         for s in manifest["ablation"]:
             ms = sorted({m["m"] for m in manifest["models"] if m.get("merge") == s and m["id"] in scores})
             est, lo, hi = [], [], []
             for m in ms:
-                ids = [x["id"] for x in manifest["models"] if x.get("merge") == s and x["m"] == m]
-                merged = {i: np.mean([scores[x][i] for x in ids]) for i in single}
-                e = paired(merged, single, lower)
+                e = paired(seed_mean(scores, manifest, s, m), single, lower)
                 c = e.ci(0.95)
                 est.append(e.estimate)
                 lo.append(e.estimate - c[0])

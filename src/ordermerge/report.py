@@ -20,6 +20,8 @@ from .claims import (
     paired,
     position_effects,
     read_claims,
+    seed_mean,
+    single_mean,
     verdict,
 )
 from .claims import render_markdown as render_claims
@@ -146,9 +148,9 @@ def sample_losses(manifest: dict[str, Any]) -> pd.DataFrame:
 
 
 def main_merges(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The merge of all N orders with the first merge seed, for every merge."""
-    return [m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"]
-            and m["seed"] == min(x["seed"] for x in manifest["models"] if x.get("merge") == m["merge"])]
+    """The merge of all N orders with the first merge seed, for every merge (the workflow's
+    `main_merges`, whose per-sample losses it computes)."""
+    return [m for m in manifest["models"] if m["id"] in manifest["main_merges"]]
 
 
 def claims(manifest: dict[str, Any], items: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
@@ -175,15 +177,12 @@ def paired_table(manifest: dict[str, Any], items: dict[str, dict[str, dict[str, 
     rows = []
     for bench, scores in items.items():
         lower = lower_is_better(manifest["benchmarks"][bench])
-        orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
-        refs = {"mean single": {i: statistics.fmean(scores[o][i] for o in orders) for i in scores[orders[0]]}}
-        refs.update({o: scores[o] for o in orders})
+        refs = {"mean single": single_mean(scores, manifest)}
+        refs.update({m["id"]: scores[m["id"]] for m in manifest["models"] if m["kind"] == "order"})
         for s in manifest["merges"]:
-            ids = [m["id"] for m in manifest["models"] if m.get("merge") == s and m["m"] == n
-                   and m["id"] in scores]
-            if not ids:
+            merged = seed_mean(scores, manifest, s, n)
+            if merged is None:
                 continue
-            merged = {i: statistics.fmean(scores[x][i] for x in ids) for i in scores[ids[0]]}
             for ref, ref_items in refs.items():
                 eff = paired(merged, ref_items, lower)
                 lo, hi = eff.ci(0.95)

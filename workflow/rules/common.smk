@@ -85,10 +85,16 @@ def main_ids(exp):
     return [i for i in model_ids(exp) if i.kind != "merge" or i in main]
 
 
+def main_merges(exp):
+    """Each merge of all N orders with the first merge seed (claim f's merges)."""
+    return [i for i in main_ids(exp) if i.kind == "merge"]
+
+
 def main_merge_losses(exp):
-    """Per-sample training losses of each merge of all N orders, first merge seed."""
-    n, first = n_orders(exp), config["merge_seeds"][0]
-    return [layout(exp).merge_sample_losses(s, n, first) for s in MERGES]
+    """Per-sample training losses of the main merges."""
+    return [
+        layout(exp).merge_sample_losses(i.merge, i.m, i.seed) for i in main_merges(exp)
+    ]
 
 
 def benches(exp):
@@ -249,16 +255,6 @@ def front_page_report():
 
 
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
-TABLES = [
-    "claims.md",
-    "claims.csv",
-    "main.md",
-    "main.csv",
-    "main.tex",
-    "paired.md",
-    "paired.csv",
-    "all_models.csv",
-]
 
 
 def all_targets():
@@ -294,5 +290,6 @@ def manifest(exp):
             s: {"method": v["method"], "params": v["params"]} for s, v in MERGES.items()
         },
         "ablation": [s for s in MERGES if len(sizes(exp, s)) > 1],
+        "main_merges": [str(i) for i in main_merges(exp)],
         "epochs": EXPS[exp]["orders"]["epochs"],
     }

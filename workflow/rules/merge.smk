@@ -30,11 +30,12 @@ rule merge:
         " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
 
 
-rule merge_sample_losses:
+# the same command as sample_losses, on a merge: a merge has no order, so the order file is
+# for its ids only (claim f compares the merge with every order's model)
+use rule sample_losses as merge_sample_losses with:
     input:
         model=rules.merge.output[0],
         data=rules.prepare_data.output.train,
-        # for its ids only: a merge has no order, claim f compares it with every order's model
         order=lambda w: layout(w.exp).order(1),
     output:
         L.merge_sample_losses("{merge}", "{m}", "{seed}"),
@@ -42,13 +43,3 @@ rule merge_sample_losses:
         L.log("sample_losses_{merge}_n{m}_s{seed}"),
     benchmark:
         L.benchmark("sample_losses_{merge}_n{m}_s{seed}")
-    conda:
-        "../../envs/train.yaml"
-    threads: 2
-    params:
-        max_length=lambda w: EXPS[w.exp]["sft"]["max_length"],
-        prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
-    shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q sample-losses --model {input.model} --data {input.data}"
-        " --order {input.order} --prompt {params.prompt:q} --max-length {params.max_length}"
-        " --out {output} > {log} 2>&1"
