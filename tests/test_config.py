@@ -16,6 +16,7 @@ from conftest import ROOT
 
 from ordermerge import OrdermergeError
 from ordermerge.catalog import BENCHMARKS, DTYPES, METHODS
+from ordermerge.cli import README_END, README_START
 from ordermerge.config import SCHEMA, load_config, load_schema, validate_config
 
 TINY = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())
@@ -243,3 +244,29 @@ def test_validating_a_config_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_readme_describes_the_default_config() -> None:
+    """The README's account of the default run follows config.yaml (sizes, seeds, splits)."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    (exp,) = cfg["experiments"].values()
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## What the default run produces")
+    intro = " ".join(readme[start : readme.index("Wall time", start)].split())
+    seeds = len(cfg["merge_seeds"])
+    expected = [
+        f"of {exp['data']['train_size']} `{exp['data']['format']}`",
+        f"fit {exp['sft']['max_length']} tokens",
+        f"{exp['orders']['n']} orders × {exp['orders']['epochs']} epochs",
+        f"batch {exp['sft']['batch_size']}",
+        f"{len(cfg['merges'])} methods" if len(cfg["merges"]) != 6 else "six methods",
+        "one merge seed" if seeds == 1 else f"{seeds} merge seeds",
+        f"first {cfg['ablation']['sizes'][0]} orders",
+        f"on {exp['data']['test_size']} new instances",
+        f"{exp['data']['test_size']} problems from {exp['data']['heldout_templates']} held-out templates",
+    ]
+    assert [e for e in expected if e not in intro] == []
+    # the generated claims table is from a run of this config: its n is the test size
+    table = readme[readme.index(README_START) : readme.index(README_END)]
+    ns = {line.split(" | ")[3] for line in table.splitlines() if line.startswith("| b:")}
+    assert ns == {str(exp["data"]["test_size"])}

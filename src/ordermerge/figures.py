@@ -125,6 +125,7 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
     benches = [b for b in manifest["benchmarks"] if b not in floor]
     fig, axes = plt.subplots(1, max(len(benches), 1), figsize=(4.3 * max(len(benches), 1), 3.6), squeeze=False)
     orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
+    seeds = 1
     for ax, bench in zip(axes[0], benches, strict=False):
         scores = items[bench]
         lower = lower_is_better(manifest["benchmarks"][bench])
@@ -142,7 +143,8 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
             r = r.iloc[0]
             ax.errorbar(r.estimate, y, xerr=[[r.estimate - r.ci_lo], [r.ci_hi - r.estimate]], fmt="D",
                         color=col[s], ms=5, capsize=3)
-            for i in ids:
+            seeds = max(seeds, len(ids))
+            for i in ids if len(ids) > 1 else []:  # a single seed's tick would sit on its diamond
                 ax.plot(paired(scores[i], single, lower).estimate, y, "|", color=col[s], ms=9, mew=1.5)
             labels.append(f"{s} ({r.verdict})")
             y += 1
@@ -155,8 +157,10 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
     if not benches:
         axes[0][0].set_axis_off()
     level = claims.ci_level.iloc[0] if len(claims) else 0.95
-    fig.suptitle(f"Paired difference from the mean single model\n◆ mean over merge seeds, "
-                 f"{100 * level:.2f}% CI (claims table)   | each seed   ● each order", fontsize=8)
+    merge_key = "◆ mean over merge seeds, " if seeds > 1 else "◆ each merge (one merge seed), "
+    seed_key = "   | each seed" if seeds > 1 else ""
+    fig.suptitle(f"Paired difference from the mean single model\n{merge_key}{100 * level:.2f}% CI "
+                 f"(claims table){seed_key}   ● each order", fontsize=8)
     _floor_note(fig, sorted(floor))
     _save(fig, lay, "main")
 
