@@ -145,8 +145,9 @@ def paper_shaped_config(folder: Path) -> dict:
     """configs/paper.yaml with what this machine cannot run replaced, every other key kept: the
     tiny base for Llama-2-7b; small local files in each experiment's format for the hub
     datasets; CPU sizes: 2 orders x 2 epochs, two of the paper's merges (weighted average and
-    selection with resampling) with one seed and no ablation, a few test items per benchmark (each SLURM job costs about 8 s of start-up here; the local DAG tests run every
-    method and the ablation); SFT in fp32 (bf16 autocast is slow on CPU)."""
+    selection with resampling) with one seed and no ablation, a few test items per benchmark
+    (each SLURM job costs about 8 s of start-up here; the local DAG tests run every method and
+    the ablation); SFT in fp32 (bf16 autocast is slow on CPU)."""
     cfg = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
     tiny = yaml.safe_load((ROOT / "configs/tiny.yaml").read_text())["experiments"]["tiny"]
     del cfg["gpu_memory_gb"]  # no GPUs: SFT runs on the CPU, its ranks set by sft:ranks

@@ -125,7 +125,7 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
     benches = [b for b in manifest["benchmarks"] if b not in floor]
     fig, axes = plt.subplots(1, max(len(benches), 1), figsize=(4.3 * max(len(benches), 1), 3.6), squeeze=False)
     orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
-    seeds = 1
+    seeds = len({m["seed"] for m in manifest["models"] if m["kind"] == "merge" and m["m"] == n})
     for ax, bench in zip(axes[0], benches, strict=False):
         scores = items[bench]
         lower = lower_is_better(manifest["benchmarks"][bench])
@@ -143,9 +143,9 @@ def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, 
             r = r.iloc[0]
             ax.errorbar(r.estimate, y, xerr=[[r.estimate - r.ci_lo], [r.ci_hi - r.estimate]], fmt="D",
                         color=col[s], ms=5, capsize=3)
-            seeds = max(seeds, len(ids))
-            for i in ids if len(ids) > 1 else []:  # a single seed's tick would sit on its diamond
-                ax.plot(paired(scores[i], single, lower).estimate, y, "|", color=col[s], ms=9, mew=1.5)
+            if len(ids) > 1:  # a single seed's tick would sit on its diamond
+                for i in ids:
+                    ax.plot(paired(scores[i], single, lower).estimate, y, "|", color=col[s], ms=9, mew=1.5)
             labels.append(f"{s} ({r.verdict})")
             y += 1
         ax.axvline(0, color="#555555", lw=1, ls="--")
