@@ -24,9 +24,9 @@ from pathlib import Path
 from workdir import work_dir
 
 from ordermerge.data import prepare_data
+from ordermerge.jsonl import read_jsonl
 from ordermerge.models import load_tokenizer, prepare_base
 from ordermerge.orders import make_order, write_order
-from ordermerge.text import read_jsonl
 
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4}
 

@@ -16,8 +16,9 @@ import time
 
 import torch
 
+from ordermerge.jsonl import read_jsonl
 from ordermerge.models import load_model, load_tokenizer
-from ordermerge.text import DEFAULT_PROMPT, encode, per_sample_nll, read_jsonl
+from ordermerge.text import DEFAULT_PROMPT, encode, per_sample_nll
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from ordermerge.jsonl import read_jsonl
 from ordermerge.models import load_model, load_tokenizer
 from ordermerge.orders import make_order, write_order
 from ordermerge.sft import SFTConfig, train
-from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode, read_jsonl
+from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode
 
 
 def plain_loop(base: str, batches: list[list[tuple[list[int], int]]], pad: int, dtype: str) -> list[float]:

@@ -74,6 +74,14 @@ def _attacks(ctx: dict) -> dict[str, tuple[str, str]]:
             "            os.kill(pid, signal.SIGKILL); hit += 1\n        except OSError:\n"
             "            pass\n    return hit\n",
             host),
+        **{name: (
+            "import os, signal\ndef f():\n    hit = []\n"
+            "    for sig in (signal.SIGSTOP, signal.SIGTERM, signal.SIGKILL):\n        try:\n"
+            f"            os.kill({target}, sig); hit.append(sig.name)\n"
+            "        except OSError:\n            pass\n    return hit\n",
+            host) for name, target in (("signal_own_process_group", 0),
+                                        ("signal_every_process", -1),
+                                        ("signal_evaluator_process_group", -ctx["pgid"]))},
         "daemon_outlives_run": (
             "import os, sys\ndef f():\n    if os.fork() == 0:\n        os.setsid()\n"
             "        if os.fork() == 0:\n"
@@ -147,8 +155,6 @@ def _host_checks(ctx: dict) -> dict[str, str]:
             found["sysv_shared_memory"] = "a shared memory segment outlived the run"
     except OSError:
         pass
-    if ctx["launcher_proc"].poll() is not None:
-        found["kill_evaluator_and_launcher"] = "the launcher was killed"
     for pid in os.listdir("/proc"):
         try:
             if MARK.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
@@ -182,9 +188,8 @@ def run_all(sandbox, procs: int = 8, mem_mb: int = 2048, timeout: float = 5.0) -
         launcher = sandbox._LAUNCHER.proc
         ctx = {"port": listener.getsockname()[1], "unix": str(work / "sock"),
                "secret": str(work / "secret"), "canary": str(canary), "shared": str(shared),
-               "evaluator": os.getpid(), "launcher": launcher.pid, "procs": procs,
-               "mem_mb": mem_mb, "listener": listener, "unix_listener": unix,
-               "launcher_proc": launcher}
+               "evaluator": os.getpid(), "pgid": os.getpgid(0), "launcher": launcher.pid,
+               "procs": procs, "mem_mb": mem_mb, "listener": listener, "unix_listener": unix}
         out = {}
         for name, (program, tests) in _attacks(ctx).items():
             t0 = time.monotonic()
@@ -193,6 +198,11 @@ def run_all(sandbox, procs: int = 8, mem_mb: int = 2048, timeout: float = 5.0) -
             wall = time.monotonic() - t0
             held = not r.passed and wall < timeout + 5
             out[name] = {"held": held, "detail": f"{r.status}: {r.detail} ({wall:.1f} s)"}
+            if launcher.poll() is not None or sandbox._LAUNCHER.proc is not launcher:
+                # blame the attack that did it; the evaluator starts a new launcher for the next
+                out[name] = {"held": False, "detail": "the launcher was killed or restarted"}
+                sandbox.run_program("def f():\n    return 1\n", "def check(c):\n    c()\n", "f")
+                launcher = sandbox._LAUNCHER.proc
         for name, why in _host_checks(ctx).items():
             out[name] = {"held": False, "detail": why}
         good = sandbox.run_program("def f(x):\n    return 2 * x\n", "def check(c):\n    assert c(2) == 4\n", "f")

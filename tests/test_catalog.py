@@ -69,7 +69,7 @@ def toy_benchmark(monkeypatch):
     module = types.ModuleType("toy_prompt_length")
 
     def run(model_dir, loaded, cfg, prompt, progress):
-        from ordermerge.text import read_jsonl
+        from ordermerge.jsonl import read_jsonl
 
         rows = read_jsonl(cfg["data"])[: cfg.get("limit")]
         return [{"id": r["id"], "prompt": r["prompt"], "completion": None, "reference": None,

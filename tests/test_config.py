@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,7 +47,7 @@ def set_data(**kv: Any) -> Callable[[dict], None]:
 
 
 def alpaca_without_ood(c: dict) -> None:
-    c["experiments"]["tiny"]["data"].update(format="alpaca", path="configs/tiny.yaml")
+    c["experiments"]["tiny"]["data"].update(format="alpaca", path="tatsu-lab/alpaca")
     del c["benchmarks"]["loss_ood"]
 
 
@@ -54,8 +55,13 @@ def alpaca_without_ood(c: dict) -> None:
 CASES = [
     ("results is a number", setp(("results",), 3), "config key results: 3 is not of type 'string'"),
     ("results escapes the working directory", setp(("results",), "../elsewhere"),
-     "config key results: '../elsewhere' must be a relative path inside the working directory"),
-    ("results is absolute", setp(("results",), "/tmp/out"), "config key results: '/tmp/out' does not match"),
+     "config key results: '../elsewhere' leaves the working directory through '..' (give an "
+     "absolute path for a folder outside it)"),
+    ("results breaks wildcards", setp(("results",), "/scratch/{user} runs"),
+     "config key results: '/scratch/{user} runs' has ' ' '{' '}', which workflow paths cannot "
+     "hold (use letters, digits, _ . - and /)"),
+    ("results is empty", setp(("results",), ""),
+     "config key results: empty (a folder: relative to the working directory, or absolute)"),
     ("unknown top-level key", setp(("reslts",), "x"), "config key (top level): unknown key ('reslts' was unexpected)"),
     ("unknown experiment key", setp((*E, "sfft"), {}), "config key experiments.tiny: unknown key ('sfft' was unexpected)"),
     ("unknown SFT key", setp((*E, "sft", "learning_rate"), 1e-4),
@@ -127,8 +133,57 @@ CASES = [
      "config key benchmarks.gsm_id.experiments: 'tiny2' is not a name under experiments"),
     ("unknown split", setp(("benchmarks", "loss_id", "split"), "test"), "config key benchmarks.loss_id.split: 'test' is not one of"),
     ("unknown model set", setp(("benchmarks", "gsm_id", "models"), "some"), "config key benchmarks.gsm_id.models: 'some' is not one of"),
-    ("test_ood without gsm_symbolic", set_data(format="alpaca", path="configs/tiny.yaml"),
+    ("test_ood without gsm_symbolic", set_data(format="alpaca", path="tatsu-lab/alpaca"),
      "config key benchmarks.loss_ood.split: test_ood exists only for gsm_symbolic (experiments.tiny)"),
+    ("SFT would truncate what the data keeps", setp((*E, "sft", "max_length"), 256),
+     "config key experiments.tiny.sft.max_length: 256 is below experiments.tiny.data.max_tokens "
+     "= 320 (SFT would truncate samples the data keeps; raise sft.max_length or lower "
+     "data.max_tokens)"),
+    ("SFT's default max_length below max_tokens", lambda c: (c["experiments"]["tiny"]["sft"].pop("max_length"),
+                                                          set_data(max_tokens=1024)(c)),
+     "config key experiments.tiny.sft.max_length: 512 is below experiments.tiny.data.max_tokens = 1024"),
+    ("columns on alpaca", set_data(format="alpaca", path="tatsu-lab/alpaca", columns={"prompt": "q"}),
+     "config key experiments.tiny.data.columns: format alpaca takes no columns mapping (only generic "
+     "does; its columns are instruction, output)"),
+    ("a path for a generated format", set_data(path="data/gsm.jsonl"),
+     "config key experiments.tiny.data.path: format gsm_symbolic reads no file (it has its own data: "
+     "reasoning-gym gsm_symbolic, drawn per split; test_ood = held-out templates)"),
+    ("existing file of an unsupported type", set_data(format="alpaca", path="configs/tiny.yaml"),
+     "config key experiments.tiny.data.path: configs/tiny.yaml: unsupported extension '.yaml'; "
+     "expected a dataset file (.jsonl, .json, .csv, .tsv, .parquet)"),
+    ("extensionless existing file", set_data(format="alpaca", path="Snakefile"),
+     "config key experiments.tiny.data.path: Snakefile: no extension; expected a dataset file "
+     "(.jsonl, .json, .csv, .tsv, .parquet)"),
+    ("a folder as the dataset", set_data(format="alpaca", path="configs"),
+     "config key experiments.tiny.data.path: configs is a folder; expected a dataset file (.jsonl, "
+     ".json, .csv, .tsv, .parquet) or a hub dataset name"),
+    ("extensionless path in a local folder", set_data(format="alpaca", path="configs/alpaca_mine"),
+     "config key experiments.tiny.data.path: file configs/alpaca_mine does not exist (a local path, "
+     "not a hub dataset name: configs/ is a local folder)"),
+    ("relative extensionless path", set_data(format="alpaca", path="./alpaca_mine"),
+     "config key experiments.tiny.data.path: file ./alpaca_mine does not exist (a local path, not a "
+     "hub dataset name: it starts with ./)"),
+    ("a merge name with the grid separator", add_merge("ties__t0", {"method": "ties"}),
+     "config key merges.ties__t0: names may not contain '__' (reserved for the grid points of "
+     "tuned merges)"),
+    ("tuning a parameter the method lacks",
+     add_merge("ta", {"method": "task_arithmetic", "tune": {"density": [0.2, 0.5]}}),
+     "config key merges.ta.tune: 'density' is not a parameter of method task_arithmetic (its "
+     "parameters: lambda)"),
+    ("a grid value out of range",
+     add_merge("t2", {"method": "ties", "tune": {"density": [0.5, 1.5]}}),
+     "config key merges.t2.tune: method ties: parameter density: 1.5 is greater than the maximum of 1"),
+    ("a grid of one value", add_merge("ta", {"method": "task_arithmetic", "tune": {"lambda": [1.0]}}),
+     "config key merges.ta.tune.lambda: [1.0] is too short"),
+    ("tuning without a validation split", set_data(val_size=0),
+     "config key experiments.tiny.data.val_size: 0, but merges.ties is tuned on the validation split "
+     "(set its size, e.g. 64)"),
+    ("a validation benchmark that reads no split",
+     lambda c: (set_data(val_size=8)(c),
+                add_merge("ta", {"method": "task_arithmetic", "tune": {"lambda": [0.5, 1.0]}})(c),
+                c.__setitem__("tuning", {"benchmark": "humaneval"})),
+     "config key tuning.benchmark: 'humaneval' must be a benchmark that reads a split "
+     "(response_loss, gsm8k)"),
 ]
 
 
@@ -187,6 +242,7 @@ NO_DEFAULT = {
     "merges.*.params.density": "per-method defaults live in ordermerge.catalog.METHODS",
     "merges.*.params.drop_rate": "per-method defaults live in ordermerge.catalog.METHODS",
     "merges.*.weights": "absent = uniform",
+    "merges.*.tune": "absent = the merge's params as given, nothing tuned",
     "ablation.merges": "absent = every merge",
     "benchmarks.*.experiments": "absent = every experiment",
 }
@@ -270,3 +326,76 @@ def test_readme_describes_the_default_config() -> None:
     table = readme[readme.index(README_START) : readme.index(README_END)]
     ns = {line.split(" | ")[3] for line in table.splitlines() if line.startswith("| b:")}
     assert ns == {str(exp["data"]["test_size"])}
+
+
+def _data_config(**data: Any) -> dict:
+    """The tiny config on another dataset, without the benchmarks only gsm_symbolic supports."""
+    cfg = copy.deepcopy(TINY)
+    cfg["experiments"]["tiny"]["data"] = {"train_size": 4, "test_size": 2, "max_tokens": 320, **data}
+    del cfg["merges"]["ties"]["tune"]  # no validation split in these datasets
+    for b in ("loss_ood", "gsm_id"):
+        del cfg["benchmarks"][b]
+    return cfg
+
+
+def _lines(path, *lines: str) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def _refused(cfg: dict) -> str:
+    with pytest.raises(OrdermergeError) as err:
+        validate_config(cfg)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_local_dataset_files_are_checked_at_config_time(tmp_path):
+    """Wrong columns, repeated ids and bad bytes are named with file and line before any job."""
+    key = "config key experiments.tiny.data"
+    train = _lines(tmp_path / "train.jsonl", '{"id": "a", "q": "1?", "r": "1"}',
+                   '{"id": "b", "q": "2?", "r": "2"}', "", '{"id": "a", "q": "3?", "r": "3"}')
+    generic = {"format": "generic", "columns": {"prompt": "q", "response": "r", "id": "id"}}
+    assert _refused(_data_config(path=train, **generic)) == (
+        f"{key}.path: {train}:4: duplicate id 'a' (also at {train}:1); ids must be unique within "
+        "and across splits")
+    good = _lines(tmp_path / "good.jsonl", '{"id": "a", "q": "1?", "r": "1"}', '{"id": "b", "q": "2?", "r": "2"}')
+    test = _lines(tmp_path / "test.csv", "id,q,r", "c,3?,3", "b,4?,4")
+    assert _refused(_data_config(path=good, test_path=test, **generic)) == (
+        f"{key}.test_path: {test}:3: duplicate id 'b' (also at {good}:2); ids must be unique within "
+        "and across splits")
+    assert _refused(_data_config(path=good, format="generic", columns={"prompt": "question", "response": "r"})) == (
+        f"{key}.path: {good}:1: missing column 'question', which data.columns maps to prompt "
+        "(columns present: id, q, r)")
+    assert _refused(_data_config(path=good, format="generic")) == (
+        f"{key}.path: {good}:1: missing column 'prompt' (columns present: id, q, r)")
+    gsm = _lines(tmp_path / "gsm.jsonl", '{"question": "1?", "answer": "#### 1"}', '{"question": "2?"}')
+    assert _refused(_data_config(path=gsm, format="gsm8k")) == (
+        f"{key}.path: {gsm}:2: missing column 'answer' (columns present: question)")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"question": "1?", "answer": "#### 1"}\n{"question": "caf\xe9"}\n')
+    assert _refused(_data_config(path=str(bad), format="gsm8k")) == (
+        f"{key}.path: {bad}:2: not UTF-8 (byte 18 of the line)")
+    assert _refused(_data_config(path=str(tmp_path / "gone.csv"), format="gsm8k")) == (
+        f"{key}.path: file {tmp_path / 'gone.csv'} does not exist")
+    # a CSV with the format's columns, and a hub dataset name (not fetched), pass
+    csv = _lines(tmp_path / "alpaca.csv", "instruction,input,output", 'Say hi,"to a, b",hi')
+    assert validate_config(_data_config(path=csv, format="alpaca"))["results"] == "results"
+    validate_config(_data_config(path="tatsu-lab/alpaca", test_path="tatsu-lab/alpaca", format="alpaca"))
+
+
+def test_results_may_be_an_absolute_folder_and_snakemake_plans_into_it(tmp_path):
+    """Cluster users keep results on scratch storage: an absolute results folder validates and
+    the workflow dry-runs with every output under it."""
+    from conftest import make_workdir, smk
+
+    results = tmp_path / "scratch" / "om_results"
+    assert validate_config({**copy.deepcopy(TINY), "results": str(results)})["results"] == str(results)
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    wd = make_workdir(tmp_path / "wd", cfg)
+    (wd / "abs.yaml").write_text(yaml.safe_dump({**cfg, "results": str(results)}, sort_keys=False))
+    res = smk(wd, "-n", "--configfile", "abs.yaml")
+    planned = re.findall(r"^    output: (.+)$", res.stdout, re.M)
+    outputs = [p for line in planned for p in line.split(", ")]
+    assert outputs and all(p.startswith(f"{results}/") for p in outputs), outputs[:5]
+    assert "prepare_data" in res.stdout and not results.exists() and not (wd / "results").exists()

@@ -10,8 +10,9 @@ import pytest
 
 from ordermerge import OrdermergeError
 from ordermerge.data import gsm_symbolic_splits, prepare_data
+from ordermerge.jsonl import read_jsonl
 from ordermerge.orders import make_order, read_order, write_order
-from ordermerge.text import collate, encode, read_jsonl
+from ordermerge.text import collate, encode
 
 IDS = [f"s{i}" for i in range(20)]
 
@@ -198,10 +199,139 @@ def test_every_dataset_format_through_the_cli(tmp_path, tiny_base, capsys):
         printed = capsys.readouterr()
         assert code == 0, (fmt, printed.err)
         assert sorted(p.name for p in out.iterdir()) == ["stats.json", "test_id.jsonl", "test_ood.jsonl",
-                                                        "train.jsonl"], fmt
-        assert [ln.split(":")[0] for ln in printed.out.splitlines()] == \
-            (["train", "test_id", "test_ood"] if fmt == "gsm_symbolic" else ["test_id", "train", "test_ood"])
+                                                        "train.jsonl", "val.jsonl"], fmt
+        assert [ln.split(":")[0] for ln in printed.out.splitlines()] == (
+            ["train", "test_id", "test_ood", "val"] if fmt == "gsm_symbolic"
+            else ["test_id", "train", "val", "test_ood"])
         train = read_jsonl(out / "train.jsonl")
         assert train and {"id", "prompt", "response"} <= set(train[0]), fmt
         if fmt in ("gsm8k", "gsm_symbolic"):
             assert all(r["answer"] is not None for r in train)
+
+
+def test_duplicate_ids_are_refused_with_the_file_the_id_and_both_lines(tmp_path, tok, tiny_base, capsys):
+    """Issue 22: a test file whose ids come in pairs ran, and the paired statistics kept one
+    item per id. prepare-data refuses it, naming the file, the id and both lines."""
+    train = _jsonl(tmp_path / "train.jsonl", [{"question": f"{i}?", "answer": f"#### {i}"} for i in range(6)])
+    test = _jsonl(tmp_path / "test.jsonl", [{"id": f"t{i // 2}", "question": f"{i} + 1?", "answer": f"#### {i + 1}"}
+                                            for i in range(8)])
+    cfg = {"format": "gsm8k", "path": train, "test_path": test, "test_size": 8}
+    with pytest.raises(OrdermergeError) as e:
+        prepare_data(cfg, tok, tmp_path / "o")
+    assert str(e.value) == (f"{test}:2: duplicate id 't0' (also at {test}:1); ids must be unique "
+                            "within and across splits")
+    assert not (tmp_path / "o").exists()
+    from ordermerge.cli import main
+
+    assert main(["prepare-data", "--config", json.dumps(cfg), "--base", str(tiny_base), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"ordermerge prepare-data: error: {e.value}\n"
+    # across files: the training file's record 2 has the id of the test file's first
+    (tmp_path / "t.json").write_text(json.dumps([{"id": "x", "question": "a?", "answer": "#### 1"},
+                                                 {"id": "t0", "question": "b?", "answer": "#### 2"}]))
+    cfg = {**cfg, "path": str(tmp_path / "t.json"), "test_path": _jsonl(tmp_path / "t2.jsonl", [
+        {"id": "t0", "question": "c?", "answer": "#### 3"}])}
+    with pytest.raises(OrdermergeError) as e:
+        prepare_data(cfg, tok, tmp_path / "o")
+    assert str(e.value) == (f"{tmp_path / 't2.jsonl'}:1: duplicate id 't0' (also at {tmp_path / 't.json'} "
+                            "record 2); ids must be unique within and across splits")
+    # generated ids of a separate test file do not collide with the training file's
+    cfg = {"format": "gsm8k", "path": train, "test_path": _jsonl(tmp_path / "t3.jsonl", [
+        {"question": "c?", "answer": "#### 3"}]), "train_size": 6}
+    prepare_data(cfg, tok, tmp_path / "ok")
+    assert [r["id"] for r in read_jsonl(tmp_path / "ok/test_id.jsonl")] == ["gsm8k-test-0"]
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "ok/train.jsonl")) == [f"gsm8k-{i}" for i in range(6)]
+    with pytest.raises(OrdermergeError, match=r"^order: dataset id 's1' occurs more than once \(ids must be unique\)$"):
+        make_order(["s0", "s1", "s2", "s1"], 1, 1)
+
+
+def test_empty_prompts_and_responses_are_dropped_counted_and_replaced(tmp_path, tok, capsys):
+    rows = [{"instruction": f"Say {i}.", "output": " " if i in (1, 4) else f"{i}"} for i in range(10)]
+    rows[6]["instruction"] = "\n"
+    src = _jsonl(tmp_path / "a.jsonl", rows)
+    # one row more than the file has asked for: every row is looked at, the empty ones replaced
+    st = prepare_data({"format": "alpaca", "path": src, "test_size": 2, "train_size": 6}, tok, tmp_path / "o")
+    sp = st["splits"]
+    assert (sp["train"]["rows"], sp["train"]["asked"], sp["test_id"]["rows"]) == (5, 6, 2)
+    assert sp["train"]["empty_removed"] + sp["test_id"]["empty_removed"] == 3
+    ids = [r["id"] for n in ("train", "test_id") for r in read_jsonl(tmp_path / f"o/{n}.jsonl")]
+    assert sorted(ids) == sorted(f"alpaca-{i}" for i in (0, 2, 3, 5, 7, 8, 9))
+    per = ", ".join(f"{n} {sp[n]['empty_removed']}" for n in ("test_id", "train") if sp[n]["empty_removed"])
+    assert capsys.readouterr().err.splitlines() == [
+        f"ordermerge: warning: dataset split train: 5 rows of the 6 asked (data.train_size); {src} has "
+        f"no more (left out: {sp['train']['empty_removed']} empty, 0 duplicate; stats.json)",
+        f"ordermerge: warning: {src}: dropped 3 rows with an empty prompt or response ({per}; "
+        "stats.json: empty_removed)"]
+
+
+def test_rows_left_out_are_replaced_and_a_shortfall_is_said(tmp_path, tok, capsys):
+    """Issue 22: asked for 20 training samples, got 16 while 24 rows were unused."""
+    rows = [{"question": ("q" * 400 if i % 4 == 0 else "q") + str(i), "answer": "a\n#### 1"} for i in range(50)]
+    src = _jsonl(tmp_path / "g.jsonl", rows)
+    cfg = {"format": "gsm8k", "path": src, "test_size": 2, "train_size": 20, "max_tokens": 60}
+    tr = prepare_data(cfg, tok, tmp_path / "o")["splits"]["train"]
+    assert (tr["rows"], tr["asked"], tr["tokens"]["max"] <= 60) == (20, 20, True)
+    assert tr["over_max_tokens"] > 0 and capsys.readouterr().err == ""
+    st = prepare_data({**cfg, "train_size": 45}, tok, tmp_path / "o2")["splits"]
+    tr, test_over = st["train"], st["test_id"]["over_max_tokens"]  # 13 of the 50 rows are long
+    assert (tr["rows"], tr["asked"], tr["over_max_tokens"]) == (48 - 13 + test_over, 45, 13 - test_over)
+    assert capsys.readouterr().err == (
+        f"ordermerge: warning: dataset split train: {tr['rows']} rows of the 45 asked (data.train_size); "
+        f"{src} has no more (left out: 0 empty, 0 duplicate, {tr['over_max_tokens']} over max_tokens; "
+        "stats.json)\n")
+
+
+def test_gsm_symbolic_draws_more_for_rows_dropped_for_length(tmp_path, tok):
+    st = prepare_data({"format": "gsm_symbolic", "train_size": 12, "test_size": 4, "max_tokens": 150},
+                      tok, tmp_path / "o")["splits"]["train"]
+    assert st["over_max_tokens"] > 0 and (st["rows"], st["asked"]) == (12, 12)
+    assert st["tokens"]["max"] <= 150
+
+
+def test_csv_and_tsv_files_are_read_as_strings(tmp_path, tok):
+    (tmp_path / "d.csv").write_text('key,q,a\n007,"Name, please",n7\n008,Name 8,n8\n009,Name 9,n9\n')
+    (tmp_path / "d.tsv").write_text("instruction\tinput\toutput\nSay\tto a, b\thi\nSay\tto c\tho\n")
+    cols = {"prompt": "q", "response": "a", "id": "key"}
+    prepare_data({"format": "generic", "path": str(tmp_path / "d.csv"), "columns": cols, "test_size": 1},
+                 tok, tmp_path / "c")
+    rows = read_jsonl(tmp_path / "c/train.jsonl") + read_jsonl(tmp_path / "c/test_id.jsonl")
+    assert sorted((r["id"], r["prompt"]) for r in rows) == [("007", "Name, please"), ("008", "Name 8"),
+                                                            ("009", "Name 9")]
+    prepare_data({"format": "alpaca", "path": str(tmp_path / "d.tsv"), "test_size": 1}, tok, tmp_path / "t")
+    rows = read_jsonl(tmp_path / "t/train.jsonl") + read_jsonl(tmp_path / "t/test_id.jsonl")
+    assert sorted(r["prompt"] for r in rows) == ["Say\n\nto a, b", "Say\n\nto c"]
+    (tmp_path / "bad.csv").write_text("q,a\nx,y\nz\n")
+    with pytest.raises(OrdermergeError) as e:
+        prepare_data({"format": "generic", "path": str(tmp_path / "bad.csv"), "columns": {"prompt": "q",
+                      "response": "a"}}, tok, tmp_path / "b")
+    assert str(e.value) == f"{tmp_path / 'bad.csv'}:3: 1 fields, expected 2 (the header's)"
+
+
+def test_file_errors_name_the_line_and_what_was_expected(tmp_path, tok):
+    def refused(cfg):
+        with pytest.raises(OrdermergeError) as e:
+            prepare_data(cfg, tok, tmp_path / "o")
+        assert not (tmp_path / "o").exists()
+        return str(e.value)
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"question": "1?", "answer": "#### 1"}\n{"question": "\xff\xfe"}\n')
+    assert refused({"format": "gsm8k", "path": str(bad)}) == f"{bad}:2: not UTF-8 (byte 15 of the line)"
+    (tmp_path / "d.txt").write_text("q\n")
+    assert refused({"format": "gsm8k", "path": str(tmp_path / "d.txt")}) == (
+        f"data.path: {tmp_path / 'd.txt'}: unsupported extension '.txt'; expected a dataset file "
+        "(.jsonl, .json, .csv, .tsv, .parquet)")
+    alp = _jsonl(tmp_path / "a.jsonl", [{"instruction": "i", "output": "o"}])
+    assert refused({"format": "alpaca", "path": alp, "columns": {"prompt": "instruction"}}) == (
+        "dataset format alpaca: takes no columns mapping (only generic does)")
+    assert refused({"format": "generic", "path": alp, "columns": {"prompt": "q"}}) == (
+        f"{alp}:1: missing column 'q', which data.columns maps to prompt (columns present: "
+        "instruction, output)")
+
+
+def test_every_format_has_one_adapter_and_a_source_where_it_reads_no_path():
+    from ordermerge.catalog import FORMATS
+    from ordermerge.data import ADAPTERS, SOURCES
+
+    assert set(ADAPTERS) == set(FORMATS)
+    assert set(SOURCES) == {f for f, spec in FORMATS.items() if not spec.needs_path}

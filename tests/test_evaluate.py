@@ -116,6 +116,20 @@ def test_sandbox_cannot_touch_files_outside_its_dir(tmp_path, target):
     assert sentinel.read_text() == "safe"
 
 
+@pytest.mark.parametrize("isolate", [True, False])
+def test_sandbox_runs_in_a_session_and_process_group_of_its_own(isolate):
+    """kill(0, …) inside the run must not reach the evaluator's process group (issue 22)."""
+    probe = "import os\ndef f():\n    return [os.getpid(), os.getpgid(0), os.getsid(0)]\n"
+    r = run_program(probe, "def check(c):\n    r = c()\n    assert r == 0, r\n", "f",
+                    isolate=isolate)
+    pid, pgid, sid = eval(r.detail.removeprefix("AssertionError: "))
+    if isolate:
+        assert (pid, pgid, sid) == (1, 1, 1)  # the evaluator's group is not even visible
+    else:
+        assert pgid == sid == pid
+        assert pgid != os.getpgid(0) and sid != os.getsid(0)
+
+
 SANDBOX_DIR = Path(sandbox.__file__).parent
 ATTACK_SCRIPT = Path(__file__).parent / "sandbox_attacks.py"
 
@@ -125,7 +139,7 @@ def _attack_report(res: subprocess.CompletedProcess) -> dict:
     report = json.loads(res.stdout)
     breached = {k: v["detail"] for k, v in report.items() if not v["held"]}
     assert breached == {}, breached
-    assert len(report) == 20  # 18 attacks, the evaluator afterwards, two evaluators at once
+    assert len(report) == 23  # 21 attacks, the evaluator afterwards, two evaluators at once
     return report
 
 
@@ -341,8 +355,9 @@ def test_lm_eval_bridge_scores_a_local_task_per_document(tiny_base, tmp_path):
 
 def test_response_logits_give_the_full_forwards_loss(tiny_base, tiny_data):
     # logits only from the first response position on must not change any per-sample loss
+    from ordermerge.jsonl import read_jsonl
     from ordermerge.models import load_model, load_tokenizer
-    from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode, read_jsonl, token_nll
+    from ordermerge.text import DEFAULT_PROMPT, IGNORE, collate, encode, token_nll
 
     model, tok = load_model(tiny_base, dtype=torch.float32), load_tokenizer(str(tiny_base))
     rows = read_jsonl(tiny_data / "test_id.jsonl")
@@ -358,25 +373,3 @@ def test_response_logits_give_the_full_forwards_loss(tiny_base, tiny_data):
                                             reduction="none").view(labels.shape)
     torch.testing.assert_close(sums, nll.sum(1), rtol=1e-5, atol=1e-5)
     assert counts.tolist() == (labels != IGNORE).sum(1).tolist()
-
-
-def test_generation_stops_at_a_stop_string(tiny_base):
-    """A stop string cuts the completion where it first occurs and ends generation early;
-    gsm8k passes lm-eval's (a raw model goes on to write the next few-shot question)."""
-    from ordermerge.evaluate import gsm8k
-    from ordermerge.evaluate.generate import cut_at_stop, generate
-    from ordermerge.models import load_model, load_tokenizer
-
-    model, tok = load_model(str(tiny_base)), load_tokenizer(str(tiny_base))
-    prompts = ["Question: what is 2 + 3?\nAnswer\n", "Question: name a colour.\nAnswer\n"]
-    full, sp_full = generate(model, tok, prompts, 24, 2, progress=False)
-    word = full[0][len(full[0]) // 2 :][:2]  # a random model repeats itself: any piece will do
-    assert len(word) == 2
-    cut, sp_cut = generate(model, tok, prompts, 24, 2, stop=(word,), progress=False)
-    assert cut == [cut_at_stop(p, f, (word,)) for p, f in zip(prompts, full, strict=True)]
-    assert len(cut[0]) < len(full[0]) and sp_cut["new_tokens"] < sp_full["new_tokens"]
-    assert gsm8k.STOP[0] == "Question:"
-    # a stop string that begins in the prompt (as transformers matches it) cuts at its start
-    assert cut_at_stop("Answer:\n", "\nQuestion: 2", ("\n\nQuestion:",)) == ""
-    assert cut_at_stop("Answer: 5", "\n\nQuestion: 2", ("\n\nQuestion:",)) == ""
-    assert cut_at_stop("x", "The answer is 5. Question: 7", gsm8k.STOP) == "The answer is 5. "

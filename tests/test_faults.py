@@ -220,7 +220,7 @@ def check_outputs(res: Path) -> None:
     # the SFT checkpoint, which is written the same way
     def visible(p: Path) -> bool:
         parts = p.relative_to(res).parts
-        return not any(x.startswith(".") for x in parts) and parts[0] != "scratch"
+        return not any(x.startswith(".") for x in parts) and "scratch" not in parts
 
     bad = {str(p): why for p in res.rglob("*") if p.is_file() and visible(p) and (why := complete(p))}
     assert not bad, bad
@@ -250,12 +250,15 @@ def wait_for(proc: subprocess.Popen, path: Path, limit: float = 900) -> None:
 def test_killed_pipeline_resumes_to_the_uninterrupted_result(tiny_run, tmp_path):
     wd = tmp_path / "wd"
     shutil.copytree(tiny_run, wd, symlinks=True)  # copy2 keeps mtimes
-    res, ref = wd / "results/tiny", tiny_run / "results/tiny"
+    top = wd / "results/tiny"
+    res, ref = top / "rep1", tiny_run / "results/tiny/rep1"  # replicate 1 of the experiment
     # Order 1 and everything downstream of it are gone (Snakemake does not recreate a missing
     # intermediate output whose consumers are up to date): SFT, merges, evaluations, report.
-    for rel in ["sft/order1", "scratch", "merged", "eval/order1", "tables", "figures",
+    for rel in ["sft/order1", "scratch", "merged", "eval/order1",
                 *(f"eval/{p.name}" for p in (res / "eval").glob("*-n*"))]:
         shutil.rmtree(res / rel, ignore_errors=rel == "scratch")
+    for rel in ["tables", "figures"]:
+        shutil.rmtree(top / rel)
     rng = random.Random(7)
 
     # 1: during order 1's SFT, after its first checkpoint
@@ -266,7 +269,7 @@ def test_killed_pipeline_resumes_to_the_uninterrupted_result(tiny_run, tmp_path)
     time.sleep(rng.uniform(0, 1.5))
     kill_group(proc)
     assert locked.returncode != 0 and "Directory cannot be locked" in locked.stdout + locked.stderr
-    check_outputs(res)
+    check_outputs(top)
     assert not (res / "sft/order1/model").exists()
 
     def resume_then_kill(after: Path, within: float) -> None:
@@ -276,17 +279,17 @@ def test_killed_pipeline_resumes_to_the_uninterrupted_result(tiny_run, tmp_path)
         wait_for(proc, after)
         time.sleep(rng.uniform(0, within))
         kill_group(proc)
-        check_outputs(res)
+        check_outputs(top)
 
     resume_then_kill(res / "sft/order1/model", 15)  # 2: among the merges and evaluations
-    (res / "tables/main.md").unlink(missing_ok=True)
-    resume_then_kill(res / "tables/main.md", 3)  # 3: while the figures are drawn
+    (top / "tables/main.md").unlink(missing_ok=True)
+    resume_then_kill(top / "tables/main.md", 3)  # 3: while the figures are drawn
 
     assert run([*SNAKEMAKE, "--unlock"], cwd=wd).returncode == 0
     smk(wd, "--rerun-incomplete")
     assert "resuming from checkpoint at step" in (res / "logs/sft_order1.log").read_text()
-    check_outputs(res)
-    assert litter(res) == []
+    check_outputs(top)
+    assert litter(top) == []
     # bit-identical to the run that was never interrupted
     a, b = tree(res / "sft/order1/model"), tree(ref / "sft/order1/model")
     strip = {"train_log.jsonl"}  # its per-step wall-clock `seconds` differ

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from conftest import ROOT, SNAKEMAKE, make_workdir, smk
 
 from ordermerge.claims import read_claims
+from ordermerge.jsonl import read_jsonl
 
 pytestmark = pytest.mark.slow
 FIGURES = ["imbalance", "main", "ablation", "zero_fraction", "training"]
@@ -47,51 +49,94 @@ def test_full_tiny_dag_outputs(tiny_run):
     assert "\\textbf" in (res / "tables" / "main.tex").read_text()
     paired = pd.read_csv(res / "tables" / "paired.csv")
     assert set(paired["merge"]) == {"average", "selection", "selection_resample", "ties"}
-    assert set(paired.reference) == {"mean single", "order1", "order2", "order3"}
-    assert {"effect", "ci_lo", "ci_hi", "p", "verdict"} <= set(paired.columns)
+    assert set(paired.reference) == {"mean single"}  # 2 replicates: no order k is one model
+    assert set(paired.replicates) == {2}
+    assert {"effect", "ci95_lo_uncorrected", "ci95_hi_uncorrected", "p_uncorrected"} <= set(paired.columns)
+    assert "verdict" not in paired.columns  # descriptive: the verdicts are the claims table's
+    assert "not corrected" in (res / "tables" / "paired.md").read_text()
     # the claims table: its shape (the tiny model's verdicts mean nothing)
     claims = read_claims(res / "tables" / "claims.csv")
     rows = {(r.claim, r.benchmark, r.comparison) for r in claims.itertuples()}
     train = "train (per-sample loss)"
-    assert {("a", train, "−slope on epoch-1 position"), ("a_recency", train, "−slope on last-epoch position")} <= rows
+    assert {("a", train, "−slope on epoch-1 step (first − last step)"),
+            ("a_recency", train, "−slope on epoch-2 step")} <= rows
     for bench in ("loss_id", "loss_ood", "gsm_id"):
         assert {(c, bench, cmp) for c, cmp in [("b", "average − mean single"), ("b", "ties − mean single"),
                                                ("c", "selection − average"), ("c", "selection_resample − average"),
                                                ("d", "selection_resample − selection")]} <= rows
-    assert ("e", "loss_id", "selection_resample: m=3 − m=2") in rows
-    assert {("f", train, f"{s}: order's model − merge, early samples")
+    assert ("e", "loss_id", "selection_resample: m=3 − mean over m<3 (all subsets, seeds)") in rows
+    assert {("f", train, f"{s}: gain (order − merge) early − late in epoch 1")
             for s in ("average", "selection", "selection_resample", "ties")} <= rows
     assert len(claims) == 2 + 4 + 3 * 7 + 2  # gsm_id has no m=2 model: no ablation row for it
-    assert set(claims.verdict) <= {"shown", "not shown", "opposite"}
-    floor = claims[claims.note != ""]
-    assert set(floor.benchmark) <= {"gsm_id"} and set(floor.verdict) == {"not shown"}
-    tested = (claims.note == "").sum()
-    assert claims.ci_level.iloc[0] == pytest.approx(1 - 0.05 / tested)
-    assert "| claim | benchmark | comparison |" in (res / "tables" / "claims.md").read_text()
-    assert "Experiment tiny" in (tiny_run / "results" / "report_front_page.rst").read_text()
-    for k in (1, 2, 3):
-        losses = pd.read_parquet(res / f"sft/order{k}/sample_losses.parquet")
-        assert len(losses) == 12 and {"pos_epoch1", "pos_epoch2", "loss"} <= set(losses.columns)
-    assert (res / "merged/selection_resample/n2/s0/model/merge.json").exists()
-    assert len(list((res / "benchmarks").glob("*.tsv"))) >= 20
-    def files(folder: Path) -> list[str]:  # without Snakemake's .snakemake_timestamp
-        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-    assert files(res / "eval/order1") == [
+    assert set(claims.R) == {2} and set(claims.verdict) <= {"shown", "not shown", "opposite", "not tested"}
+    # gsm_id (accuracy) is the primary metric; the tiny model scores 0 on it: named, not tested
+    assert set(claims[claims.family == "primary"].benchmark) == {"gsm_id"}
+    floor = claims[claims.verdict == "not tested"]
+    assert set(floor.benchmark) <= {"gsm_id"}
+    assert (claims.ci_level == 0.95).all() and claims[claims.verdict != "not tested"].p_holm.notna().all()
+    assert "| family | claim |" in (res / "tables" / "claims.md").read_text()
+    assert claims[claims.comparison.str.startswith("ties ")].note.str.contains(
+        "tuned on the validation split").all()
+    (page,) = (tiny_run / "results" / "report").glob("front_page-*.rst")
+    front = page.read_text()
+    assert "Experiment tiny" in front and "2 training replicates" in front
+    for rep in (1, 2):
+        for k in (1, 2, 3):
+            losses = pd.read_parquet(res / f"rep{rep}/sft/order{k}/sample_losses.parquet")
+            assert len(losses) == 12 and {"pos_epoch1", "pos_epoch2", "loss"} <= set(losses.columns)
+        (ablation,) = (res / f"rep{rep}/merged/selection_resample").glob("n2-o*")
+        merged = json.loads((ablation / "s0/model/merge.json").read_text())
+        assert len(merged["models"]) == 2  # a subset of 2 of the 3 orders
+        tuned = json.loads((res / f"rep{rep}/tuned/ties.json").read_text())
+        assert tuned["grid"] == [{"density": 0.5, "lambda": 0.5}, {"density": 0.5, "lambda": 1.0}]
+        ties = json.loads((res / f"rep{rep}/merged/ties/n3/s0/model/merge.json").read_text())
+        assert ties["parameters"] == tuned["chosen"] and ties["tuning"] == tuned
+        # each grid point was scored on the validation split only
+        for i in (0, 1):
+            assert files(res / f"rep{rep}/eval/ties__t{i}-n3-s0") == ["ordermerge_eval.json", "val.items.jsonl", "val.json"]
+    assert len(read_jsonl(res / "data/val.jsonl")) == 4
+    assert len(list(res.rglob("benchmarks/*.tsv"))) >= 40
+    assert files(res / "rep1/eval/order1") == [
         "gsm_id.items.jsonl", "gsm_id.json", "loss_id.items.jsonl", "loss_id.json",
         "loss_ood.items.jsonl", "loss_ood.json", "ordermerge_eval.json"]
-    assert files(res / "eval/selection_resample-n2-s0") == [
+    assert files(res / "rep2/eval" / f"selection_resample-{ablation.name}-s0") == [
         "loss_id.items.jsonl", "loss_id.json", "loss_ood.items.jsonl", "loss_ood.json",
         "ordermerge_eval.json"]
+    assert not (res / "rep2/eval/base").exists()  # the base is shared: evaluated once
     assert not list(res.rglob(".*.partial*"))
 
 
+def files(folder: Path) -> list[str]:  # without Snakemake's .snakemake_timestamp
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_self_contained_report(tiny_run):
-    smk(tiny_run, "--report", "report.html")
-    html = (tiny_run / "report.html").read_bytes()
+    """The README's report command, as written (tiny_run's config.yaml is the tiny config),
+    gives one self-contained HTML file that opens on this config's front page."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = {m for m in re.findall(r"`(snakemake [^`]*--report [^`]*)`", readme)
+               if "config.yaml" in m and "my.yaml" not in m}
+    argv = line.split()[1:]
+    smk(tiny_run, *argv)
+    html = (tiny_run / argv[argv.index("--report") + 1]).read_bytes()
     assert len(html) > 50_000
-    for name in ("imbalance.png", "zero_fraction.png", "main.md"):
+    for name in ("imbalance.png", "zero_fraction.png", "main.md", "Experiment tiny"):
         assert name.encode() in html
+
+
+def test_the_report_of_another_config_never_shows_this_runs_front_page(tiny_run, tmp_path):
+    """Each config has its own front page (named by the config's digest): reporting on config
+    Y after running config X must not head the report with X's experiment and verdicts."""
+    other = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    other["merges"]["ties"]["params"]["density"] = 0.3
+    (tiny_run / "other.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    try:
+        smk(tiny_run, "--configfile", "other.yaml", "--report", str(tmp_path / "other.html"))
+    finally:
+        (tiny_run / "other.yaml").unlink()
+    html = (tmp_path / "other.html").read_bytes()
+    assert b"Experiment tiny" not in html  # X's front page is not Y's
+    assert b"built before the pipeline wrote its claims tables" in html
 
 
 def test_nothing_to_do_after_full_run(tiny_run):
@@ -125,31 +170,51 @@ def planned_after(wd: Path, mutate) -> dict[str, int]:
 
 
 def test_changing_one_strategy_parameter(tiny_run):
-    jobs = planned_after(tiny_run, lambda c: c["merges"]["ties"]["params"].__setitem__("density", 0.3))
-    # ties at m = N is a main merge: its per-sample training losses (claim f) rerun too
-    assert jobs == {"merge": 1, "evaluate": 1, "merge_sample_losses": 1, "aggregate": 1,
+    jobs = planned_after(tiny_run, lambda c: c["merges"]["selection"]["params"].__setitem__("resample", True))
+    # selection at m = N in each replicate (a main merge: its per-sample losses, claim f, too)
+    assert jobs == {"merge": 2, "evaluate": 2, "merge_sample_losses": 2, "aggregate": 1,
                     "figures": 1, "front_page": 1, "all": 1}
+
+
+def test_changing_a_tuned_merges_parameter_retunes_it_in_every_replicate(tiny_run):
+    jobs = planned_after(tiny_run, lambda c: c["merges"]["ties"]["params"].__setitem__("density", 0.3))
+    # per replicate: the 2 grid points (merge + validation), the choice, the chosen merge (its
+    # evaluation and per-sample losses)
+    assert jobs == {"merge": 2 * 3, "evaluate": 2 * 3, "tune": 2, "merge_sample_losses": 2,
+                    "aggregate": 1, "figures": 1, "front_page": 1, "all": 1}
 
 
 def test_changing_one_benchmark_setting_reruns_the_models_it_covers(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["benchmarks"]["gsm_id"]["settings"].__setitem__("limit", 3))
-    # gsm_id covers the main models (base, 3 orders, 4 strategies at m = N), not the ablation
-    # merge; one evaluation job per model runs all of that model's benchmarks
-    assert jobs == {"evaluate": 8, "aggregate": 1, "figures": 1, "front_page": 1, "all": 1}
+    # gsm_id covers the main models (base, 3 orders, 4 merges at m = N in replicate 1; the same
+    # but the base in replicate 2), not the ablation merge; one evaluation job per model runs
+    # all of that model's benchmarks
+    assert jobs == {"evaluate": 8 + 7, "aggregate": 1, "figures": 1, "front_page": 1, "all": 1}
 
 
 def test_adding_an_order(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["orders"].__setitem__("n", 4))
-    # order4 and the strategies' new m = 4 merges; the m = 2 ablation merge is untouched
-    assert jobs == {"make_order": 1, "sft": 1, "sample_losses": 1, "merge": 4,
-                    "evaluate": 1 + 4, "merge_sample_losses": 4, "aggregate": 1, "figures": 1,
-                    "front_page": 1, "all": 1}
+    # per replicate: order4, the merges of all 4 (3 + ties's 2 grid points and its choice);
+    # the m = 2 ablation subset is drawn from C(4, 2) now: replicate 1 draws another one,
+    # replicate 2 the same as before (seeded, so this count is exact)
+    assert jobs == {"make_order": 2, "sft": 2, "sample_losses": 2, "merge": 2 * 6 + 1,
+                    "tune": 2, "evaluate": 2 * (1 + 4 + 2) + 1, "merge_sample_losses": 2 * 4,
+                    "aggregate": 1, "figures": 1, "front_page": 1, "all": 1}
+
+
+def test_adding_a_replicate_reruns_nothing_of_the_others(tiny_run):
+    jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["orders"].__setitem__("replicates", 3))
+    # replicate 3 alone: its orders, sub-models, merges (5 + 2 grid points) and evaluations
+    # (no base: it is evaluated once, in replicate 1)
+    assert jobs == {"make_order": 3, "sft": 3, "sample_losses": 3, "merge": 7, "tune": 1,
+                    "evaluate": 3 + 5 + 2, "merge_sample_losses": 4, "aggregate": 1,
+                    "figures": 1, "front_page": 1, "all": 1}
 
 
 def test_changing_the_learning_rate_reruns_sft_and_downstream(tiny_run):
     jobs = planned_after(tiny_run, lambda c: c["experiments"]["tiny"]["sft"].__setitem__("lr", 5e-4))
-    assert jobs["sft"] == 3 and jobs["sample_losses"] == 3 and jobs["merge"] == 5
-    assert jobs["evaluate"] == 9 - 1  # one job per model, every model but the base
+    assert jobs["sft"] == 6 and jobs["sample_losses"] == 6 and jobs["merge"] == 14
+    assert jobs["evaluate"] == 21 - 1  # one job per model, every model but the base
     assert "prepare_data" not in jobs and "make_order" not in jobs and "prepare_base" not in jobs
 
 
@@ -183,10 +248,12 @@ def test_paper_config_dry_runs_with_the_slurm_profile(tmp_path):
     block = (res.stdout + res.stderr).split("Job stats:")[1].split("\n\n")[0]
     jobs = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
     # 3 experiments x 5 orders; merges per experiment: average 4 sizes, selection and
-    # selection_resample 4 sizes x 3 seeds, task_arithmetic 1, ties 1, dare_ties 3 seeds
+    # selection_resample 4 sizes x 3 seeds, task_arithmetic 1, ties 1, dare_ties 3 seeds, and
+    # the grid points the three tuned baselines choose from on the validation split (3 + 2 + 2)
     assert jobs["sft"] == 15 and jobs["make_order"] == 15 and jobs["sample_losses"] == 15
-    assert jobs["merge"] == 3 * (4 + 12 + 12 + 1 + 1 + 3)
-    models = 1 + 5 + 33  # one evaluation job per model runs all of its benchmarks
+    assert jobs["merge"] == 3 * (4 + 12 + 12 + 1 + 1 + 3 + 7)
+    assert jobs["tune"] == 3 * 3
+    models = 1 + 5 + 33 + 7  # one evaluation job per model runs all of its benchmarks
     assert jobs["evaluate"] == 3 * models
 
 
@@ -199,8 +266,9 @@ def test_every_file_under_results_is_a_declared_output(tiny_run):
     untracked = [ln.strip() for ln in (res.stdout + res.stderr).splitlines()
                  if ln.strip().startswith("results/")]
     inside_a_folder_output = re.compile(
-        r"^results/tiny/(base|sft/order\d+/model|merged/\w+/n\d+/s\d+/model|eval/[\w.-]+)/[^/]+$")
-    benchmark_file = re.compile(r"^results/tiny/benchmarks/\w+(-[\w.-]+)?\.tsv$")
+        r"^results/tiny/(base|rep\d+/(sft/order\d+/model|merged/\w+/n\d+(-o[\d.]+)?/s\d+/model"
+        r"|eval/[\w.-]+))/[^/]+$")
+    benchmark_file = re.compile(r"^results/tiny/(rep\d+/)?benchmarks/\w+(-[\w.-]+)?\.tsv$")
     assert len(untracked) > 100  # the listing does reach into the folders
     assert [f for f in untracked if not inside_a_folder_output.match(f) and not benchmark_file.match(f)] == []
 

@@ -5,6 +5,7 @@ replacing its own earlier output stays allowed."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,13 @@ def test_merge_may_replace_its_own_output_and_fill_an_empty_folder(capsys, input
     out = tmp_path / "merged"
     out.mkdir()
     assert main(["-q", *_merge(base, models, out)]) == 0
+    assert "replacing" not in capsys.readouterr().err  # an empty folder replaces nothing
     assert main(["-q", *_merge(base, models, out, "--seed", "1")]) == 0
     assert json.loads((out / "merge.json").read_text())["seed"] == 1
+    # replacing its own output is allowed, but said in one line, with what wrote it and when
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"ordermerge: replacing {re.escape(str(out))}, written by ordermerge merge "
+                        r"at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", err), err
 
 
 def test_merge_refuses_a_sub_model_given_twice(capsys, inputs, tmp_path):
@@ -100,7 +106,7 @@ def test_sft_prepare_base_and_prepare_data_refuse_before_any_work(capsys, tiny_b
     assert main(["-q", *data, str(tmp_path / "d")]) == 0
     assert main(["-q", *data, str(tmp_path / "d")]) == 0  # its own output: replaced
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
-        "stats.json", "test_id.jsonl", "test_ood.jsonl", "train.jsonl"]
+        "stats.json", "test_id.jsonl", "test_ood.jsonl", "train.jsonl", "val.jsonl"]
 
 
 def test_evaluate_refuses_the_model_folder_and_foreign_folders(capsys, tiny_base, tiny_data, tmp_path):
@@ -120,3 +126,11 @@ def test_evaluate_refuses_the_model_folder_and_foreign_folders(capsys, tiny_base
     assert main(["-q", *single, str(out)]) == 0
     assert main(["-q", *single, str(out), "--name", "again"]) == 0  # adds to its own folder
     assert json.loads((out / "ordermerge_eval.json").read_text()) == {"benchmarks": ["again", "response_loss"]}
+    assert "replacing" not in capsys.readouterr().err
+    assert main(["-q", *single, str(out)]) == 0  # the same benchmark again: said in one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ordermerge: replacing {out / 'response_loss.json'}, written by "
+                          "ordermerge evaluate at "), err
+    assert main(["-q", "evaluate", "--model", str(tiny_base), "--suite", suite, "--out-dir",
+                 str(out)]) == 0  # a suite replaces the whole folder
+    assert capsys.readouterr().err.startswith(f"ordermerge: replacing {out}, written by ordermerge evaluate")

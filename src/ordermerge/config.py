@@ -4,6 +4,7 @@ schema cannot express. Every problem is reported as ONE line naming the key."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from .catalog import (
     row_fields,
     settings_schema,
 )
+from .data import check_local_files
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -124,12 +126,88 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA) -> dict[
     return config
 
 
+# what a results path may hold: Snakemake reads { } as wildcards, and rules pass paths to the
+# shell unquoted, so spaces and shell characters would break jobs, not this check
+RESULTS_CHARS = re.compile(r"[^A-Za-z0-9_./-]")
+
+
+def _check_results(results: str) -> None:
+    if not results:
+        raise OrdermergeError("config key results: empty (a folder: relative to the working "
+                              "directory, or absolute)")
+    bad = sorted(set(RESULTS_CHARS.findall(results)))
+    if bad:
+        raise OrdermergeError(
+            f"config key results: {results!r} has {' '.join(map(repr, bad))}, which workflow "
+            "paths cannot hold (use letters, digits, _ . - and /)")
+    if ".." in Path(results).parts:
+        raise OrdermergeError(f"config key results: {results!r} leaves the working directory "
+                              "through '..' (give an absolute path for a folder outside it)")
+
+
+def _check_data(exp: str, e: dict[str, Any]) -> None:
+    """An experiment's data section against its format's catalogue entry, and its local files
+    (read here, never a hub dataset) against what prepare-data will need of them."""
+    d, key = e["data"], f"config key experiments.{exp}.data"
+    fmt = FORMATS[d["format"]]
+    if fmt.needs_path and "path" not in d:
+        raise OrdermergeError(f"{key}.path: required for format {d['format']}")
+    for k in ("path", "test_path"):
+        if k in d and not fmt.needs_path:
+            raise OrdermergeError(f"{key}.{k}: format {d['format']} reads no file (it has its "
+                                  f"own data: {fmt.doc})")
+    if "columns" in d and not fmt.accepts_columns:
+        takes = ", ".join(f for f, s in FORMATS.items() if s.accepts_columns)
+        raise OrdermergeError(f"{key}.columns: format {d['format']} takes no columns mapping "
+                              f"(only {takes} does; its columns are {', '.join(fmt.required)})")
+    if e["sft"]["max_length"] < d["max_tokens"]:
+        raise OrdermergeError(
+            f"config key experiments.{exp}.sft.max_length: {e['sft']['max_length']} is below "
+            f"experiments.{exp}.data.max_tokens = {d['max_tokens']} (SFT would truncate samples "
+            "the data keeps; raise sft.max_length or lower data.max_tokens)")
+    try:
+        check_local_files(d)
+    except OrdermergeError as err:  # err starts with data.path or data.test_path
+        raise OrdermergeError(f"config key experiments.{exp}.{err}") from None
+
+
+GRID_SEP = "__"  # reserved: the workflow names a tuned merge's grid points {merge}__t{i}
+
+
+def _check_tuning(cfg: dict[str, Any], name: str, m: dict[str, Any]) -> None:
+    """A tuned merge (merges.NAME.tune): known parameters, every grid point valid, a validation
+    split to choose on, and a validation benchmark that reads one."""
+    if GRID_SEP in name:
+        raise OrdermergeError(f"config key merges.{name}: names may not contain {GRID_SEP!r} "
+                              "(reserved for the grid points of tuned merges)")
+    tune = m.get("tune")
+    if not tune:
+        return
+    from .tuning import grid
+
+    where = f"config key merges.{name}.tune"
+    unknown = sorted(set(tune) - set(METHODS[m["method"]].params))
+    if unknown:
+        raise OrdermergeError(f"{where}: {unknown[0]!r} is not a parameter of method {m['method']} "
+                              f"(its parameters: {', '.join(METHODS[m['method']].params) or 'none'})")
+    for point in grid(m.get("params") or {}, tune):
+        method_params(m["method"], point, where)
+    kind = cfg["tuning"]["benchmark"]
+    if kind not in BENCHMARKS or not BENCHMARKS[kind].reads_split:
+        raise OrdermergeError(f"config key tuning.benchmark: {kind!r} must be a benchmark that reads a "
+                              f"split ({', '.join(b for b, v in BENCHMARKS.items() if v.reads_split)})")
+    benchmark_settings(kind, cfg["tuning"]["settings"], "config key", ("tuning", "settings"))
+    for exp, e in cfg["experiments"].items():
+        if not e["data"].get("val_size"):
+            raise OrdermergeError(f"config key experiments.{exp}.data.val_size: 0, but merges.{name} "
+                                  "is tuned on the validation split (set its size, e.g. 64)")
+
+
 def _semantic_checks(cfg: dict[str, Any]) -> None:
-    res = Path(cfg["results"])
-    if res.is_absolute() or ".." in res.parts:
-        raise OrdermergeError(f"config key results: {cfg['results']!r} must be a relative path inside the working directory")
+    _check_results(cfg["results"])
     for name, m in cfg["merges"].items():
         method_params(m["method"], m.get("params"), f"config key merges.{name}.params")
+        _check_tuning(cfg, name, m)
     abl = cfg["ablation"]
     for s in abl.get("merges", []):
         if s not in cfg["merges"]:
@@ -154,19 +232,15 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
                 raise OrdermergeError(
                     f"config key merges.{name}.weights: {len(m['weights'])} weights for {n} orders (experiments.{exp}.orders.n)")
         d = e["data"]
-        if d["format"] in ("gsm8k", "alpaca", "generic") and "path" not in d:
-            raise OrdermergeError(f"config key experiments.{exp}.data.path: required for format {d['format']}")
-        for key in ("path", "test_path"):
-            p = d.get(key)
-            if p and Path(p).suffix in (".json", ".jsonl", ".parquet") and not Path(p).exists():
-                raise OrdermergeError(f"config key experiments.{exp}.data.{key}: file {p} does not exist")
-        if d["format"] != "gsm_symbolic":
+        _check_data(exp, e)
+        if not FORMATS[d["format"]].test_ood:
             for bname, b in cfg["benchmarks"].items():
                 if exp not in b.get("experiments", cfg["experiments"]):
                     continue
                 if BENCHMARKS[b["benchmark"]].reads_split and b["split"] == "test_ood":
                     raise OrdermergeError(
-                        f"config key benchmarks.{bname}.split: test_ood exists only for gsm_symbolic (experiments.{exp})")
+                        f"config key benchmarks.{bname}.split: test_ood exists only for "
+                        f"{', '.join(f for f, s in FORMATS.items() if s.test_ood)} (experiments.{exp})")
         for bname, b in cfg["benchmarks"].items():
             need = BENCHMARKS[b["benchmark"]].needs
             if exp in b.get("experiments", cfg["experiments"]) and need and need not in row_fields(d):

@@ -1,11 +1,13 @@
 """The paper's figures (PNG + PDF), one consistent colour per merge. Differences are oriented
-as in the claims table (ordermerge.claims): > 0 is better, for losses too.
+as in the claims table (ordermerge.claims): > 0 is the paper's direction, for losses too.
 
-1. imbalance: final per-sample loss vs epoch-1 position, binned and pooled over orders; the
-   residual over orders with the fitted slope and its CI; the residual vs last-epoch position.
-2. main: per benchmark, each merge's paired difference from the mean single model (CI, seeds
-   as points) and each order's.
-3. ablation: the paired difference from the mean single model against m, with CIs.
+1. imbalance: final per-sample loss against the optimizer step at which the sample was seen in
+   epoch 1, binned and pooled over orders and replicates; the residual (loss − the sample's mean
+   over orders) with claim a's fit; the residual against the last-epoch step (recency).
+2. main: per benchmark, the primary family (b, c, d for selection + resampling) with its
+   intervals on an axis those effects set; the other merges' b rows below, clipped at the
+   axis edge with their value written where they fall outside it. Accuracy in points.
+3. ablation: the paired difference from the mean single model against m, with 95% CIs.
 4. zero_fraction: share of task-vector entries that are exactly zero, per sub-model/module.
 5. training: loss per step for every order.
 A benchmark at floor (every model scores 0) gets no panel; the figure names it instead.
@@ -29,12 +31,13 @@ from scipy import stats
 from scipy.stats import spearmanr
 
 from .atomic import atomic_file
-from .claims import paired, seed_mean, single_mean
-from .report import at_floor, item_scores, layout_of, lower_is_better, sample_losses
+from .claims import at_floor, read_claims, replicate_effect, resamples, seed_mean, single_mean
+from .report import item_scores, layout_of, lower_is_better, sample_losses
 
 plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 150})
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f"]
+MIN_BIN = 5  # a binned mean gets an interval only with at least this many points
 
 
 def colours(merges: list[str]) -> dict[str, str]:
@@ -43,11 +46,19 @@ def colours(merges: list[str]) -> dict[str, str]:
 
 
 def _save(fig, lay, name: str) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     for ext in ("pdf", "png"):  # png last: marks completion
         with atomic_file(lay.figure(name, ext)) as tmp:  # a kill never leaves half a figure
             fig.savefig(tmp, format=ext)
     plt.close(fig)
+
+
+def _scale(manifest: dict[str, Any], bench: str) -> tuple[float, str]:
+    """Accuracy in percentage points, losses in nats."""
+    if lower_is_better(manifest["benchmarks"][bench]):
+        return 1.0, "nats"
+    return 100.0, "points"
 
 
 def imbalance_stats(losses: pd.DataFrame) -> pd.DataFrame:
@@ -55,12 +66,12 @@ def imbalance_stats(losses: pd.DataFrame) -> pd.DataFrame:
     loss across orders (the residual isolates position from sample difficulty)."""
     losses = with_residual(losses)
     rows = []
-    for k, d in losses.groupby("order"):
-        rows.append({"order": int(k), "n": len(d),
+    for (rep, k), d in losses.groupby(["rep", "order"]):
+        rows.append({"rep": int(rep), "order": int(k), "n": len(d),
                      "spearman_loss": spearmanr(d.pos_epoch1, d.loss).statistic,
                      "spearman_residual": spearmanr(d.pos_epoch1, d.residual).statistic})
     pooled = spearmanr(losses.pos_epoch1, losses.residual).statistic
-    rows.append({"order": "pooled", "n": len(losses),
+    rows.append({"rep": "all", "order": "pooled", "n": len(losses),
                  "spearman_loss": spearmanr(losses.pos_epoch1, losses.loss).statistic,
                  "spearman_residual": pooled})
     return pd.DataFrame(rows)
@@ -72,43 +83,59 @@ def with_residual(losses: pd.DataFrame) -> pd.DataFrame:
     return losses
 
 
-def _binned(ax, x: pd.Series, y: pd.Series, n: int, bins: int, colour: str, label: str) -> None:
-    """Mean of y per position bin, with a 95% t interval."""
-    b = (x * bins // n).astype(int)
+def _binned(ax, x: pd.Series, y: pd.Series, steps: int, bins: int, colour: str, label: str) -> None:
+    """Mean of y per bin of the steps 0..steps-1 (one bin per step where there are no more steps
+    than bins); a 95% t interval where a bin holds at least MIN_BIN points (with two points a
+    t interval spans most of the axis and says nothing)."""
+    edges = np.linspace(-0.5, steps - 0.5, min(bins, steps) + 1)
+    b = np.clip(np.digitize(x, edges) - 1, 0, bins - 1)
     g = y.groupby(b)
-    mean, sem, cnt = g.mean(), g.sem().fillna(0), g.size()
-    h = stats.t.ppf(0.975, np.maximum(cnt - 1, 1)) * sem
-    centre = (np.array(mean.index) + 0.5) * n / bins
+    mean, sem, cnt = g.mean(), g.sem(), g.size()
+    h = np.where(cnt >= MIN_BIN, stats.t.ppf(0.975, np.maximum(cnt - 1, 1)) * sem.fillna(0), np.nan)
+    centre = (edges[:-1] + edges[1:])[mean.index] / 2
     ax.errorbar(centre, mean, yerr=h, marker="o", ms=4, capsize=2, color=colour, label=label)
 
 
-def fig_imbalance(losses: pd.DataFrame, epochs: int, claims: pd.DataFrame, lay, title: str,
-                  bins: int = 6) -> None:
+def with_steps(losses: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """Positions as optimizer steps (the unit of claim a): step = position // batch size."""
     losses = with_residual(losses)
-    n = int(losses.groupby("order").size().max())
-    last = f"pos_epoch{epochs}"
-    panels = [("pos_epoch1", "loss", "final loss", "a", None),
-              ("pos_epoch1", "residual", "loss − sample's mean over orders", "a", "epoch 1"),]
+    for col in [c for c in losses.columns if c.startswith("pos_epoch")]:
+        losses["step" + col.removeprefix("pos")] = losses[col] // batch
+    return losses
+
+
+def fig_imbalance(losses: pd.DataFrame, epochs: int, batch: int, claims: pd.DataFrame, lay,
+                  title: str, bins: int = 6) -> None:
+    losses = with_steps(losses, batch)
+    steps = int(losses.step_epoch1.max()) + 1
+    last = f"step_epoch{epochs}"
+    panels = [("step_epoch1", "loss", "final loss", None),
+              ("step_epoch1", "residual", "loss − sample's mean over orders", "a")]
     if epochs > 1:
-        panels.append((last, "residual", "loss − sample's mean over orders", "a_recency", f"epoch {epochs}"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.0), squeeze=False)
-    for ax, (pos, col, ylabel, claim, fitted) in zip(axes[0], panels, strict=True):
-        for k, d in losses.groupby("order"):
-            ax.scatter(d[pos], d[col], s=6, alpha=0.35, label=f"order {k}")
-        _binned(ax, losses[pos], losses[col], n, bins, "k", f"binned, {n // bins or 1}+ positions, 95% CI")
-        ax.set_xlabel(f"position in epoch {pos.removeprefix('pos_epoch')} (of {n})")
+        panels.append((last, "residual", "loss − sample's mean over orders", "a_recency"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.1), squeeze=False)
+    for ax, (pos, col, ylabel, claim) in zip(axes[0], panels, strict=True):
+        ax.scatter(losses[pos] + np.random.default_rng(0).uniform(-0.3, 0.3, len(losses)),
+                   losses[col], s=5, alpha=0.3, color="#1f77b4", label="a sample in one order")
+        _binned(ax, losses[pos], losses[col], steps, bins, "k",
+                f"binned mean (95% CI where ≥ {MIN_BIN} points)")
+        ax.set_xlabel(f"optimizer step in epoch {pos.removeprefix('step_epoch')} (of {steps})")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
-        if fitted:
-            r = claims[claims.claim == claim].iloc[0]
-            slope = -r.estimate / max(n - 1, 1)  # the fit is per unit of scaled position
-            xs = np.array([0, n - 1])
-            ax.plot(xs, slope * (xs - (n - 1) / 2), color="#d62728", lw=1.5,
-                    label=f"fit: {-r.estimate:+.3f} first→last\n[{-r.ci_hi:+.3f}, {-r.ci_lo:+.3f}], {r.verdict}")
+        rows = claims[claims.claim == claim] if claim else claims.iloc[:0]
+        if len(rows):
+            r = rows.iloc[0]
+            # the claims' effect is (loss at the first step − loss at the last): the line falls
+            # by that much from the first step to the last
+            xs = np.array([0, steps - 1])
+            ax.plot(xs, r.estimate * (0.5 - xs / max(steps - 1, 1)), color="#d62728", lw=1.5,
+                    label=f"claim {claim}: first − last step = {r.estimate:+.3f}\n"
+                          f"95% CI [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}], verdict: {r.verdict}")
         ax.legend(fontsize=6)
-    axes[0][0].set_title(f"{title}: final loss by position (n = {n} samples)")
-    axes[0][1].set_title("residual: position effect within samples")
+    axes[0][0].set_title(f"{title}: final loss by step ({losses.id.nunique()} samples)")
+    axes[0][1].set_title("residual: the step effect within samples")
     if epochs > 1:
-        axes[0][2].set_title("residual vs last-epoch position (recency)")
+        axes[0][2].set_title("residual vs last-epoch step (recency)")
     _save(fig, lay, "imbalance")
 
 
@@ -118,83 +145,95 @@ def _floor_note(fig, floor: list[str]) -> None:
                  fontsize=7, color="#555555")
 
 
-def fig_main(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, Any],
-             claims: pd.DataFrame, floor: set[str], lay) -> None:
-    n = manifest["n_orders"]
+def fig_main(manifest: dict[str, Any], claims: pd.DataFrame, floor: set[str], lay) -> None:
+    """Per benchmark: the primary family's effects with their intervals on an axis they set,
+    then every other merge's difference from the mean single model, clipped at that axis."""
     col = colours(manifest["merges"])
     benches = [b for b in manifest["benchmarks"] if b not in floor]
-    fig, axes = plt.subplots(1, max(len(benches), 1), figsize=(4.3 * max(len(benches), 1), 3.6), squeeze=False)
-    orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
-    seeds = len({m["seed"] for m in manifest["models"] if m["kind"] == "merge" and m["m"] == n})
+    resampling = [s for s, v in manifest["merge_specs"].items() if resamples(v)]
+    fig, axes = plt.subplots(1, max(len(benches), 1), figsize=(6.2 * max(len(benches), 1), 4.2),
+                             squeeze=False, layout="constrained")
     for ax, bench in zip(axes[0], benches, strict=False):
-        scores = items[bench]
-        lower = lower_is_better(manifest["benchmarks"][bench])
-        single = single_mean(scores, manifest)
-        labels, y = [], 0
-        for o in orders:
-            ax.plot(paired(scores[o], single, lower).estimate, y, "o", color="#999999", ms=4)
-            labels.append(o)
-            y += 1
-        for s in manifest["merges"]:
-            ids = [m["id"] for m in manifest["models"] if m.get("merge") == s and m["m"] == n and m["id"] in scores]
-            r = claims[(claims.claim == "b") & (claims.benchmark == bench) & (claims.comparison == f"{s} − mean single")]
-            if not ids or r.empty:
-                continue
-            r = r.iloc[0]
-            ax.errorbar(r.estimate, y, xerr=[[r.estimate - r.ci_lo], [r.ci_hi - r.estimate]], fmt="D",
-                        color=col[s], ms=5, capsize=3)
-            if len(ids) > 1:  # a single seed's tick would sit on its diamond
-                for i in ids:
-                    ax.plot(paired(scores[i], single, lower).estimate, y, "|", color=col[s], ms=9, mew=1.5)
-            labels.append(f"{s} ({r.verdict})")
-            y += 1
+        scale, unit = _scale(manifest, bench)
+        rows = claims[(claims.benchmark == bench) & claims.claim.isin(["b", "c", "d"])]
+        # first the resampling merge's b, c and d (the primary family on the primary metric):
+        # they set the axis; then every other merge against the mean single model
+        lead = rows.comparison.str.split(" − ").str[0].isin(resampling)
+        primary = rows[lead]
+        other = rows[~lead & (rows.claim == "b")]
+        shown = pd.concat([primary, other])
+        if shown.empty:
+            ax.set_axis_off()
+            continue
+        ref = primary if len(primary) else shown
+        half = 1.4 * float(np.nanmax(np.abs(ref[["ci_lo", "ci_hi"]].to_numpy() * scale)))
+        half = half if np.isfinite(half) and half > 0 else 1.0
+        labels = []
+        for y, r in enumerate(shown.itertuples()):
+            name = r.comparison.split(" − ")[0].split(":")[0]
+            colour = col.get(name, "#333333")
+            est, lo, hi = r.estimate * scale, r.ci_lo * scale, r.ci_hi * scale
+            if abs(est) <= half:
+                ax.errorbar(est, y, xerr=[[est - max(lo, -half)], [min(hi, half) - est]],
+                            fmt="D" if r.claim != "b" or name in resampling else "o",
+                            color=colour, ms=5, capsize=3)
+            else:  # outside the primary effects' axis: a marker at the edge, its value written
+                edge = np.sign(est) * half
+                ax.plot(edge, y, ">" if est > 0 else "<", color=colour, ms=7)
+                ax.annotate(f"{est:+.3g}", (edge, y), textcoords="offset points",
+                            xytext=(-4 if est > 0 else 4, 6), ha="right" if est > 0 else "left",
+                            fontsize=7, color=colour)
+            tag = " (primary)" if r.family == "primary" else ""
+            labels.append(f"{r.claim}: {r.comparison}{tag}\n[verdict: {r.verdict}]")
+        if len(primary) and len(other):
+            ax.axhline(len(primary) - 0.5, color="#bbbbbb", lw=0.8)
+        ax.margins(y=0.12)
+        ax.set_xlim(-half, half)
         ax.axvline(0, color="#555555", lw=1, ls="--")
-        ax.set_yticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.invert_yaxis()
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
-        ax.set_xlabel(("mean single − model" if lower else "model − mean single") + " (> 0: better)")
-        ax.set_title(f"{bench} (n = {len(single)} items)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        ax.set_xlabel(f"paired difference, {unit} (> 0: the paper's direction)")
+        n_items = int(rows.n.iloc[0])
+        ax.set_title(f"{bench} ({n_items} items, {len(manifest['replicates'])} replicate(s))")
     if not benches:
         axes[0][0].set_axis_off()
-    level = claims.ci_level.iloc[0] if len(claims) else 0.95
-    merge_key = "◆ mean over merge seeds, " if seeds > 1 else "◆ each merge (one merge seed), "
-    seed_key = "   | each seed" if seeds > 1 else ""
-    fig.suptitle(f"Paired difference from the mean single model\n{merge_key}{100 * level:.2f}% CI "
-                 f"(claims table){seed_key}   ● each order", fontsize=8)
-    _floor_note(fig, sorted(floor))
+    at_zero = f"\nat floor (every model scores 0), not drawn: {', '.join(sorted(floor))}" if floor else ""
+    fig.suptitle("◆ selection + resampling against the mean single model, weighted averaging and "
+                 "plain selection (b, c, d); ● every other merge against the mean single model\n"
+                 "bars: 95% CI (unadjusted); verdicts: Holm within each family; ▶ beyond the axis, "
+                 "value written" + at_zero, fontsize=8)
     _save(fig, lay, "main")
 
 
-def fig_ablation(items: dict[str, dict[str, dict[str, float]]], manifest: dict[str, Any],
-                 floor: set[str], lay) -> None:
+def fig_ablation(items, manifest: dict[str, Any], floor: set[str], lay) -> None:
     col = colours(manifest["merges"])
     benches = [b for b in manifest["benchmarks"] if b not in floor] if manifest["ablation"] else []
     fig, axes = plt.subplots(1, max(len(benches), 1), figsize=(3.2 * max(len(benches), 1), 2.9), squeeze=False)
-    orders = [m["id"] for m in manifest["models"] if m["kind"] == "order"]
     if not manifest["ablation"]:
         axes[0][0].text(0.5, 0.5, "no ablation in this config\n(ablation.sizes is empty)", ha="center",
                         va="center", transform=axes[0][0].transAxes)
     for ax, bench in zip(axes[0], benches, strict=False):
-        scores = items[bench]
+        reps = items[bench]
+        scale, unit = _scale(manifest, bench)
         lower = lower_is_better(manifest["benchmarks"][bench])
-        single = single_mean(scores, manifest)
-        for o in orders:
-            ax.plot(1, paired(scores[o], single, lower).estimate, "o", color="#999999", ms=3)
+        single = {r: single_mean(sc, manifest, r) for r, sc in reps.items()}
         for s in manifest["ablation"]:
-            ms = sorted({m["m"] for m in manifest["models"] if m.get("merge") == s and m["id"] in scores})
+            ms = sorted({m["m"] for m in manifest["models"] if m.get("merge") == s})
             est, lo, hi = [], [], []
             for m in ms:
-                e = paired(seed_mean(scores, manifest, s, m), single, lower)
+                merged = {r: seed_mean(sc, manifest, s, m, r) for r, sc in reps.items()}
+                e = replicate_effect(merged, single, lower)
                 c = e.ci(0.95)
-                est.append(e.estimate)
-                lo.append(e.estimate - c[0])
-                hi.append(c[1] - e.estimate)
+                est.append(scale * e.estimate)
+                lo.append(scale * (e.estimate - c[0]))
+                hi.append(scale * (c[1] - e.estimate))
             ax.errorbar(ms, est, yerr=[lo, hi], marker="o", capsize=3, color=col[s], label=s)
-        ax.axhline(0, color="#555555", ls="--", lw=1, label="mean single (m = 1: each order)")
+        ax.axhline(0, color="#555555", ls="--", lw=1, label="mean single model")
         ax.set_xlabel("merged sub-models m")
-        ax.set_ylabel("paired difference (> 0: better)")
-        ax.set_title(f"{bench}: 95% CIs")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(f"difference, {unit} (> 0: better)")
+        ax.set_title(f"{bench}: 95% CIs\n(m < N: mean over the merged order subsets)", fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if benches:
         axes[0][-1].legend(fontsize=6)
     else:
@@ -230,13 +269,16 @@ def fig_zero_fraction(merge_json: dict[str, Any], lay) -> None:
     _save(fig, lay, "zero_fraction")
 
 
-def fig_training(logs: dict[int, list[dict[str, Any]]], lay) -> None:
+def fig_training(logs: dict[tuple[int, int], list[dict[str, Any]]], lay) -> None:
     fig, ax = plt.subplots(figsize=(4, 2.8))
-    for k, log in sorted(logs.items()):
-        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=f"order {k}", lw=1)
+    reps = len({r for r, _ in logs})
+    for (r, k), log in sorted(logs.items()):
+        label = f"order {k}" if reps == 1 else f"replicate {r}, order {k}"
+        ax.plot([x["step"] for x in log], [x["loss"] for x in log], label=label, lw=1)
     ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("training loss (response tokens)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     _save(fig, lay, "training")
 
 
@@ -245,18 +287,19 @@ def make_figures(manifest: dict[str, Any]) -> None:
     Path(lay.figure("x")).parent.mkdir(parents=True, exist_ok=True)
     items = item_scores(manifest)
     floor = at_floor(items)
-    claims = pd.read_csv(lay.table("claims.csv"))
+    claims = read_claims(lay.table("claims.csv"))
     losses = sample_losses(manifest)
     with atomic_file(lay.table("imbalance.csv")) as tmp:
         imbalance_stats(losses).to_csv(tmp, index=False)
-    fig_imbalance(losses, manifest["epochs"], claims, lay, manifest["experiment"])
-    fig_main(items, manifest, claims, floor, lay)
+    fig_imbalance(losses, manifest["epochs"], manifest["batch_size"], claims, lay,
+                  manifest["experiment"])
+    fig_main(manifest, claims, floor, lay)
     fig_ablation(items, manifest, floor, lay)
-    full = next(m for m in manifest["models"] if m["kind"] == "merge" and m["m"] == manifest["n_orders"])
-    fig_zero_fraction(json.loads(Path(lay.merge_json(full["merge"], full["m"], full["seed"])).read_text()), lay)
+    rep, mid = manifest["zero_share"][0]
+    fig_zero_fraction(json.loads(Path(layout_of(manifest, rep).merge_json(mid)).read_text()), lay)
     logs = {}
     for m in manifest["models"]:
         if m["kind"] == "order":
-            lines = Path(lay.train_log(m["k"])).read_text().splitlines()
-            logs[m["k"]] = [json.loads(x) for x in lines if x.strip()]
+            lines = Path(layout_of(manifest, m["rep"]).train_log(m["k"])).read_text().splitlines()
+            logs[(m["rep"], m["k"])] = [json.loads(x) for x in lines if x.strip()]
     fig_training(logs, lay)

@@ -19,9 +19,7 @@ from pathlib import Path
 import torch
 
 from . import OrdermergeError
-
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
+from .safetensors_header import INDEX_NAME, SINGLE_NAME, read_header, weight_files
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -52,22 +50,7 @@ class TensorInfo:
 
 
 def _read_header(path: Path) -> dict[str, TensorInfo]:
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise OrdermergeError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-            (hlen,) = struct.unpack("<Q", raw)
-            if hlen > size - 8 or hlen > 100_000_000:
-                raise OrdermergeError(f"{path}: corrupt safetensors header (length {hlen})")
-            header = json.loads(f.read(hlen))
-    except OSError as e:
-        raise OrdermergeError(f"{path}: cannot read ({e.strerror})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise OrdermergeError(f"{path}: corrupt safetensors header (not JSON)") from None
-    header.pop("__metadata__", None)
-    base = 8 + hlen
+    header, base, size = read_header(path)
     infos: dict[str, TensorInfo] = {}
     for name, h in header.items():
         dtype = DTYPES.get(h.get("dtype"))
@@ -86,29 +69,6 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
             )
         infos[name] = TensorInfo(path, dtype, shape, base + start, base + end)
     return infos
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The safetensors shards of an HF model folder (sharded with an index, or single file)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise OrdermergeError(f"{folder}: model folder does not exist")
-    index = folder / INDEX_NAME
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise OrdermergeError(
-                f"{index}: not a valid safetensors index (no weight_map)"
-            ) from None
-        shards = sorted(set(weight_map.values()))
-        for s in shards:
-            if not (folder / s).exists():
-                raise OrdermergeError(f"{index}: names shard {s}, which does not exist")
-        return [folder / s for s in shards]
-    if (folder / SINGLE_NAME).exists():
-        return [folder / SINGLE_NAME]
-    raise OrdermergeError(f"{folder}: no model.safetensors or {INDEX_NAME} (no weights)")
 
 
 class CheckpointReader:

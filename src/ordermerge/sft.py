@@ -5,7 +5,18 @@ that the model provably sees the samples in the order file's sequence: optimizer
 epoch e takes the next `batch_size` ids of `order["epochs"][e]` (the global batch, whatever
 the number of processes). With W ranks, every micro-step covers `micro_batch_size · W` of them
 and rank r takes slice r; gradients are summed across ranks (FSDP2 reduce-scatter, forced to a
-sum on every sharded module) and synchronised only on a step's last micro-step.
+sum on every sharded module) on every micro-step. Within a step the samples are sorted by
+length before they are cut into micro-batches (less padding); the step's samples, the loss and
+the ids the log records (in the order file's order) are unchanged.
+
+Why reduce-scatter on every micro-step (FSDP2's default; torchtitan's choice) and not only on
+the last: skipping it (`set_requires_gradient_sync(False)`) makes every rank accumulate
+unsharded fp32 gradients of the whole model (4N bytes) until the step's last micro-step, which
+at 2+ ranks with accumulation is more than the whole sharded state the memory plan counts
+(configs/paper.yaml: ~25 GiB more per GPU). Reduce-scattering each micro-step keeps a rank at
+its 4N/G gradient shard plus the unsharded gradients of the layers in flight, the plan's two
+gradient terms (tests/test_sft.py measures them at 2 ranks with accumulation 4), for one more
+collective per micro-step that overlaps the next layer's backward.
 
 Loss = Σ NLL(response tokens of the global batch) / #response tokens of the global batch,
 so accumulation and the number of processes do not change the objective: 1 and W ranks take
@@ -26,9 +37,10 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,44 +50,15 @@ import torch.distributed as dist
 from . import OrdermergeError
 from .atomic import atomic_dir, check_output
 from .catalog import DTYPES
+from .gpu import cap_memory, use_expandable_segments, within_declared_memory
+from .jsonl import read_jsonl
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
-from .text import DEFAULT_PROMPT, IGNORE, PromptFormat, collate, encode, read_jsonl, response_logits
+from .sft_config import SFTConfig, micro_accum
+from .text import DEFAULT_PROMPT, IGNORE, PromptFormat, collate, encode, response_logits
 
 SFT_META = "ordermerge_sft.json"
 STEP_DIR = re.compile(r"^step-(\d{7})$")
-
-
-@dataclass
-class SFTConfig:
-    lr: float = 5e-5
-    schedule: str = "linear"  # linear | cosine | constant
-    warmup_ratio: float = 0.03
-    epochs: int | None = None  # default: every epoch in the order file
-    batch_size: int = 8  # samples per optimizer step (the global batch, for any number of ranks)
-    micro_batch_size: int | None = None  # samples per rank per forward; None = the whole share
-    max_length: int = 512
-    # Compute dtype: "auto" = bf16 on CUDA, float32 on CPU (bf16 matmul backward on a small CPU
-    # is pathologically slower than fp32: docs/MEASUREMENTS.md).
-    dtype: str = "auto"
-    save_dtype: str | None = None  # default: the base model's dtype
-    gradient_checkpointing: bool = False
-    max_grad_norm: float | None = 1.0  # clip the global gradient norm; None = no clipping
-    weight_decay: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 0  # steps; 0 = never
-    checkpoint_keep: int = 2  # newest checkpoints kept in the scratch folder
-    lora_r: int = 0  # > 0: train LoRA adapters, merged into full weights before saving
-    lora_alpha: int = 16
-    max_steps: int | None = None  # stop early (for tests and smoke runs)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SFTConfig:
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise OrdermergeError(f"sft config: unknown key {bad[0]!r}")
-        return cls(**d)
 
 
 def _dist() -> tuple[int, int, torch.device]:
@@ -119,18 +102,32 @@ class SFTPlan:
     micro: int  # samples per rank per forward
     accum: int  # micro-steps per optimizer step
     encoded: dict[str, tuple[list[int], int]]  # id -> (token ids, prompt length)
+    truncated: list[str]  # ids whose tokens max_length cut, in data order
+
+
+def encode_counting_cuts(tok, rows: list[dict[str, Any]], prompt: PromptFormat,
+                         max_length: int) -> tuple[dict[str, tuple[list[int], int]], list[str]]:
+    """Every row's (token ids cut at max_length, prompt length) by id, and the ids whose
+    tokens were cut."""
+    encoded, cut = {}, []
+    for r in rows:
+        ids, n_prompt = encode(tok, r["prompt"], r["response"], prompt)
+        if len(ids) > max_length:
+            cut.append(r["id"])
+        encoded[r["id"]] = (ids[:max_length], n_prompt)
+    return encoded, cut
 
 
 def make_plan(rows: list[dict[str, Any]], order: dict[str, Any], cfg: SFTConfig, tok,
               prompt: PromptFormat, world: int) -> SFTPlan:
     epochs = order["epochs"][: cfg.epochs or len(order["epochs"])]
-    encoded = {r["id"]: encode(tok, r["prompt"], r["response"], prompt, cfg.max_length) for r in rows}
+    encoded, truncated = encode_counting_cuts(tok, rows, prompt, cfg.max_length)
     gb = cfg.batch_size
     steps = [(e, ep[s : s + gb]) for e, ep in enumerate(epochs) for s in range(0, len(ep), gb)]
     total = len(steps) if cfg.max_steps is None else min(cfg.max_steps, len(steps))
     warmup = max(1, int(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
-    micro = cfg.micro_batch_size or -(-gb // world)
-    return SFTPlan(steps, total, warmup, micro, -(-gb // (micro * world)), encoded)
+    micro, accum = micro_accum(gb, cfg.micro_batch_size, world)
+    return SFTPlan(steps, total, warmup, micro, accum, encoded, truncated)
 
 
 def _decoder_layers(model) -> list[torch.nn.Module]:
@@ -180,7 +177,10 @@ def build_model(base: Path, cfg: SFTConfig, plan: SFTPlan, device: torch.device,
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused on CUDA: one kernel over all shards and no 4N/G temporaries (ordermerge.plan counts
+    # none); torch's CPU default (one tensor at a time) keeps CPU runs bit-identical
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _schedule(cfg.schedule, s, plan.total, plan.warmup))
     return model, params, opt, sched
@@ -242,36 +242,58 @@ def restore(scratch: Path, model, opt, sched, rank: int) -> tuple[int, list[dict
     return trainer["step"], trainer["log"]
 
 
+@dataclass
+class StepResult:
+    loss_sum: torch.Tensor  # summed NLL of the global batch, float64, on the device
+    tokens: int  # response tokens of the global batch
+    ids: list[str]  # the global batch, in the order file's order
+    input_tokens: int  # non-padding tokens forwarded, prompts included, over all ranks
+    padded_tokens: int  # tokens forwarded with padding, over all ranks
+
+
+def micro_batches(plan: SFTPlan, step: int, world: int) -> list[list[list[str]]]:
+    """[micro-step][rank] -> ids: the step's samples sorted by length (longest first, ties in
+    order-file order) when they take more than one forward, so each forward pads less; cut
+    into `accum` micro-steps of `micro` samples per rank."""
+    ids = plan.steps[step][1]
+    if plan.accum * world > 1:
+        ids = sorted(ids, key=lambda i: -len(plan.encoded[i][0]))  # stable: ties keep the order
+    width = plan.micro * world
+    return [[ids[a * width : (a + 1) * width][r * plan.micro : (r + 1) * plan.micro]
+             for r in range(world)] for a in range(plan.accum)]
+
+
 def train_step(model, plan: SFTPlan, step: int, tok, device: torch.device, rank: int,
-               world: int) -> tuple[float, int, list[str]]:
+               world: int) -> StepResult:
     """Forward and backward over one optimizer step's samples (this rank's slice of every
-    micro-batch), gradients summed across ranks on the last micro-step. Returns (summed NLL of
-    the global batch, its response tokens, its ids in global order)."""
+    micro-batch), gradients reduce-scattered (summed across ranks) on every micro-step. No
+    host synchronisation: the loss stays on the device until the step is logged."""
     ids = plan.steps[step][1]
     n_tokens = sum(len(plan.encoded[i][0]) - plan.encoded[i][1] for i in ids)
-    loss_sum = 0.0
-    width = plan.micro * world
-    seen = []
-    for a in range(plan.accum):
-        mine = ids[a * width : (a + 1) * width][rank * plan.micro : (rank + 1) * plan.micro]
-        seen.append(mine)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    parts = micro_batches(plan, step, world)
+    for per_rank in parts:
+        mine = per_rank[rank]
         # every rank joins every micro-step's collectives: one with no sample left runs the
         # step's first sample with weight 0 (no gradient, no loss)
         weight = 1.0 if mine else 0.0
         batch = collate([plan.encoded[i] for i in (mine or ids[:1])], tok.pad_token_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        model.set_requires_gradient_sync(a == plan.accum - 1)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         logits, labels = response_logits(model, batch)
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
             ignore_index=IGNORE, reduction="sum") * weight
         (nll / n_tokens).backward()
-        loss_sum += float(nll.detach())
-    t = torch.tensor([loss_sum], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
+        loss_sum += nll.detach().double()
+    dist.all_reduce(loss_sum)
     gathered: list[Any] = [None] * world  # what each rank trained on: the log's witness
-    dist.all_gather_object(gathered, seen)
-    return float(t), n_tokens, [i for a in range(plan.accum) for r in range(world) for i in gathered[r][a]]
+    dist.all_gather_object(gathered, [per_rank[rank] for per_rank in parts])
+    seen = [i for g in gathered for part in g for i in part]
+    if sorted(seen) != sorted(ids):
+        raise OrdermergeError(f"step {step + 1}: the ranks trained on other samples than the order file's")
+    lengths = [[len(plan.encoded[i][0]) for i in mine] for per_rank in parts for mine in per_rank]
+    return StepResult(loss_sum, n_tokens, list(ids), sum(map(sum, lengths)),
+                      sum(len(x) * max(x, default=0) for x in lengths))
 
 
 def _check_memory_plan(base: Path, cfg: SFTConfig, world: int, amp: torch.dtype | None,
@@ -296,12 +318,22 @@ def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
     return None if compute == "float32" else getattr(torch, compute)
 
 
-def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
-    """Clip the global gradient norm (over every rank's shards) to max_norm; returns the norm."""
+def _grad_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """Clip the global gradient norm (over every rank's shards) to max_norm; returns the norm,
+    on the device (read with the step's loss, in one synchronisation)."""
     from torch.distributed.tensor import DTensor
 
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
-    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def _memory_record(device: torch.device) -> dict[str, float]:
+    """GiB: the allocated and the reserved peak since the step began, and the device memory
+    in use now (every process on the GPU, as nvidia-smi counts it: context included)."""
+    free, total = torch.cuda.mem_get_info(device)
+    return {"gpu_allocated_peak_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "gpu_reserved_peak_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3),
+            "gpu_used_gb": round((total - free) / 2**30, 3)}
 
 
 def train(
@@ -316,21 +348,34 @@ def train(
 ) -> dict[str, Any]:
     """Fine-tune `base` on `data` in the order of `order_path`; write an HF folder at `out`.
     Samples are formatted with `prompt`, the experiment's one prompt format."""
-    from tqdm import tqdm
-
     base, out = Path(base), Path(out)
     check_output(out, SFT_META, [base, data, order_path])  # before training, not after
     scratch = Path(scratch) if scratch else out.parent / f".{out.name}.scratch"
+    use_expandable_segments()
     rank, world, device = _dist()
+    with within_declared_memory("sft"):
+        return _train(base, data, order_path, out, cfg, scratch, progress, prompt, rank, world, device)
+
+
+def _train(base: Path, data: str | Path, order_path: str | Path, out: Path, cfg: SFTConfig,
+           scratch: Path, progress: bool, prompt: PromptFormat, rank: int, world: int,
+           device: torch.device) -> dict[str, Any]:
+    from tqdm import tqdm
+
     rows = read_jsonl(data)
     if not rows:
         raise OrdermergeError(f"{data}: empty dataset")
     order = read_order(order_path, [r["id"] for r in rows])
     tok = load_tokenizer(str(base))
     plan = make_plan(rows, order, cfg, tok, prompt, world)
+    if plan.truncated and rank == 0:
+        sys.stderr.write(f"ordermerge: warning: {len(plan.truncated)} of {len(rows)} samples are longer "
+                         f"than sft.max_length {cfg.max_length} tokens and were cut to it (ids in "
+                         f"{SFT_META})\n")
     amp = _amp_dtype(cfg, device)
     if device.type == "cuda":
         _check_memory_plan(base, cfg, world, amp, device)
+        cap_memory(device)
     model, params, opt, sched = build_model(base, cfg, plan, device, amp, world)
     start, log = restore(scratch, model, opt, sched, rank)
     if start and rank == 0:
@@ -339,17 +384,21 @@ def train(
     bar = tqdm(total=plan.total, initial=start, desc=f"sft {out.parent.name}", unit="step",
                disable=not progress or rank != 0)
     for step in range(start, plan.total):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # each step's peaks, not setup's
         opt.zero_grad(set_to_none=True)
-        loss_sum, n_tokens, ids = train_step(model, plan, step, tok, device, rank, world)
-        grad_norm = _grad_norm(params, cfg.max_grad_norm)
+        res = train_step(model, plan, step, tok, device, rank, world)
+        norm = _grad_norm(params, cfg.max_grad_norm)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
-        log.append({"step": step + 1, "epoch": plan.steps[step][0] + 1, "loss": loss_sum / n_tokens,
-                    "grad_norm": grad_norm, "lr": lr, "tokens": n_tokens,
-                    "seconds": round(time.perf_counter() - t0, 3), "ids": ids})
+        loss_sum, grad_norm = torch.stack([res.loss_sum, norm.double()]).tolist()  # the one sync
+        log.append({"step": step + 1, "epoch": plan.steps[step][0] + 1, "loss": loss_sum / res.tokens,
+                    "grad_norm": grad_norm, "lr": lr, "tokens": res.tokens,
+                    "input_tokens": res.input_tokens, "padded_tokens": res.padded_tokens,
+                    "seconds": round(time.perf_counter() - t0, 3), "ids": res.ids})
         if device.type == "cuda":
-            log[-1]["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+            log[-1].update(_memory_record(device))
         bar.update(1)
         bar.set_postfix(loss=f"{log[-1]['loss']:.3f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < plan.total:
@@ -358,7 +407,7 @@ def train(
     full = _full_state_dict(model)  # a collective: every rank takes part, rank 0 gets the weights
     if rank == 0:
         _save(_unsharded(base, cfg, full), tok, base, out, _save_dtype(base, cfg), log, cfg,
-              order_path, data, prompt)
+              order_path, data, prompt, plan.truncated)
         _clear_scratch(scratch)
     dist.barrier()
     return {"steps": plan.total, "log": log}
@@ -399,7 +448,8 @@ def _save_dtype(base: Path, cfg: SFTConfig) -> torch.dtype:
     return getattr(torch, name) if name in DTYPES else torch.float32
 
 
-def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data, prompt) -> None:
+def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, data, prompt,
+          truncated: list[str]) -> None:
     model = model.to("cpu", save_dtype)
     model.config.dtype = str(save_dtype).removeprefix("torch.")
     with atomic_dir(out, SFT_META, [base, data, order_path]) as tmp:
@@ -416,6 +466,8 @@ def _save(model, tok, base: Path, out: Path, save_dtype, log, cfg, order_path, d
             "data": str(data),
             "config": asdict(cfg),
             "prompt": asdict(prompt),
+            # samples whose tokens sft.max_length cut: trained on their first max_length tokens
+            "truncated": {"count": len(truncated), "ids": truncated},
         }
         (tmp / SFT_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -433,10 +485,14 @@ def sample_losses(model_dir: str | Path, data: str | Path, order_path: str | Pat
     order = read_order(order_path, [r["id"] for r in rows])
     tok = load_tokenizer(str(model_dir))
     device, dtype = inference_placement()
-    model = load_model(model_dir, dtype=dtype, device=device)
-    enc = [encode(tok, r["prompt"], r["response"], prompt, max_length) for r in rows]
-    loss, n = per_sample_nll(model, enc, tok.pad_token_id, batch_size, progress, "sample losses")
+    cap_memory(torch.device(device))
+    encoded, cut = encode_counting_cuts(tok, rows, prompt, max_length)
+    with within_declared_memory("sample_losses"):
+        model = load_model(model_dir, dtype=dtype, device=device)
+        loss, n = per_sample_nll(model, [encoded[r["id"]] for r in rows], tok.pad_token_id,
+                                 batch_size, progress, "sample losses")
     df = pd.DataFrame({"id": [r["id"] for r in rows], "loss": loss, "n_tokens": n})
+    df["truncated"] = df["id"].isin(set(cut))  # scored on its first max_length tokens only
     for e, perm in enumerate(order["epochs"]):
         pos = {i: p for p, i in enumerate(perm)}
         df[f"pos_epoch{e + 1}"] = [pos[i] for i in df["id"]]

@@ -7,10 +7,8 @@ thing everywhere: the tokens of `response + EOS` after the formatted prompt.
 from __future__ import annotations
 
 import inspect
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,34 +16,6 @@ import torch
 from . import OrdermergeError
 
 IGNORE = -100
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise OrdermergeError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise OrdermergeError(f"{path}: not UTF-8 (byte {e.start})") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise OrdermergeError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-    return rows
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    from .atomic import atomic_file
-
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
 
 
 @dataclass(frozen=True)

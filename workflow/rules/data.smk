@@ -28,6 +28,8 @@ rule prepare_data:
         train=L.data("train"),
         test_id=L.data("test_id"),
         test_ood=L.data("test_ood"),
+        # tuned merges choose their parameters on it (empty unless data.val_size > 0)
+        val=L.data("val"),
         stats=L.data("stats"),
     log:
         L.log("prepare_data"),
@@ -50,7 +52,7 @@ rule make_order:
     output:
         L.order("{k}"),
     log:
-        L.log("make_order{k}"),
+        L.rep_log("make_order{k}"),
     conda:
         "../../envs/data.yaml"
     params:
@@ -61,4 +63,4 @@ rule make_order:
     shell:
         "OMP_NUM_THREADS={threads} ordermerge -q make-order --data {input} --k {wildcards.k} --epochs {params.epochs}"
         " --mode {params.mode} --seed {params.seed} --batch-size {params.batch}"
-        " --out {output} > {log} 2>&1"
+        " --replicate {wildcards.rep} --out {output} > {log} 2>&1"

@@ -8,11 +8,11 @@ rule aggregate:
     input:
         evals=lambda w: eval_dirs(w.exp),
         # claim (a), the position regression, reads each order's per-sample losses
-        losses=lambda w: [
-            layout(w.exp).sample_losses(k) for k in range(1, n_orders(w.exp) + 1)
-        ],
+        losses=lambda w: sample_loss_files(w.exp),
         # claim (f): every merge of all N orders (first seed) on the training samples
         merge_losses=lambda w: main_merge_losses(w.exp),
+        # claim (d)'s mechanism: the share of task-vector entries that are exactly zero
+        zero_share=lambda w: zero_share_source(w.exp),
     output:
         claims=report(
             L.table("claims.md"),
@@ -46,11 +46,17 @@ rule figures:
     input:
         evals=lambda w: eval_dirs(w.exp),
         claims=rules.aggregate.output.claims_csv,
-        losses=lambda w: [
-            layout(w.exp).sample_losses(k) for k in range(1, n_orders(w.exp) + 1)
+        losses=lambda w: sample_loss_files(w.exp),
+        sft=lambda w: [
+            layout(w.exp, r).sft(k)
+            for r in replicates(w.exp)
+            for k in range(1, n_orders(w.exp) + 1)
         ],
-        sft=lambda w: [layout(w.exp).sft(k) for k in range(1, n_orders(w.exp) + 1)],
-        merges=lambda w: [layout(w.exp).model(m) for m in merged_ids(w.exp)],
+        merges=lambda w: [
+            layout(w.exp, r).model(m)
+            for r in replicates(w.exp)
+            for m in merged_ids(w.exp, r)
+        ],
     output:
         **{
             f: report(L.figure(f), caption=f"../report/{f}.rst", category="Figures")
@@ -73,9 +79,9 @@ rule front_page:
         claims=[layout(e).table("claims.csv") for e in EXPS],
         stats=[layout(e).data("stats") for e in EXPS],
     output:
-        front_page(RES),
+        FRONT_PAGE,
     log:
-        f"{RES}/logs/front_page.log",
+        f"{RES}/logs/front_page-{config_digest(as_json(config))}.log",
     conda:
         "../../envs/report.yaml"
     params:

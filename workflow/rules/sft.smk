@@ -6,9 +6,9 @@ rule sft:
     output:
         directory(L.sft("{k}")),
     log:
-        L.log("sft_order{k}"),
+        L.rep_log("sft_order{k}"),
     benchmark:
-        L.benchmark("sft_order{k}")
+        L.rep_benchmark("sft_order{k}")
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -17,17 +17,19 @@ rule sft:
         runtime=240,
         # from the memory plan with gpu_memory_gb set, else 0 (CPU)
         gpu=sft_gpus,
+        # the memory plan's, MB: jobs sharing a GPU (--resources gpu_mem_mb=<card>) fit in it
+        gpu_mem_mb=sft_gpu_mem_mb,
         # torchrun ranks; 0: one per GPU. On CPU, e.g. sft:ranks=2 runs two gloo FSDP ranks
         ranks=0,
     params:
-        cfg=lambda w: as_json(EXPS[w.exp]["sft"]),
+        cfg=lambda w: as_json(sft_config(w.exp, w.rep)),
         prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
-        scratch=lambda w: layout(w.exp).scratch(w.k),
+        scratch=lambda w: layout(w.exp, w.rep).scratch(w.k),
         nproc=sft_nproc,
     shell:
         # The scratch folder is not an output: Snakemake must not delete it before a retry,
         # because the retry resumes from the checkpoint inside it.
-        "OMP_NUM_THREADS={threads} ordermerge -q sft --base {input.base} --data {input.data} --order {input.order}"
+        "ORDERMERGE_GPU_MEM_MB={resources.gpu_mem_mb} OMP_NUM_THREADS={threads} ordermerge -q sft --base {input.base} --data {input.data} --order {input.order}"
         " --config {params.cfg:q} --prompt {params.prompt:q} --scratch {params.scratch}"
         " --nproc {params.nproc} --out {output} >> {log} 2>&1"
 
@@ -40,16 +42,19 @@ rule sample_losses:
     output:
         L.sample_losses("{k}"),
     log:
-        L.log("sample_losses_order{k}"),
+        L.rep_log("sample_losses_order{k}"),
     benchmark:
-        L.benchmark("sample_losses_order{k}")
+        L.rep_benchmark("sample_losses_order{k}")
     conda:
         "../../envs/train.yaml"
     threads: 2
+    resources:
+        # the inference plan's, MB (ordermerge.plan): see sft's
+        gpu_mem_mb=sample_losses_gpu_mem_mb,
     params:
         max_length=lambda w: EXPS[w.exp]["sft"]["max_length"],
         prompt=lambda w: as_json(EXPS[w.exp]["prompt"]),
     shell:
-        "OMP_NUM_THREADS={threads} ordermerge -q sample-losses --model {input.model} --data {input.data}"
+        "ORDERMERGE_GPU_MEM_MB={resources.gpu_mem_mb} OMP_NUM_THREADS={threads} ordermerge -q sample-losses --model {input.model} --data {input.data}"
         " --order {input.order} --prompt {params.prompt:q} --max-length {params.max_length}"
         " --out {output} > {log} 2>&1"

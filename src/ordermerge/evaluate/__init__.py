@@ -19,8 +19,10 @@ import torch
 from .. import OrdermergeError, __version__
 from ..catalog import BENCHMARKS
 from ..config import benchmark_settings
+from ..gpu import cap_memory, use_expandable_segments, within_declared_memory
+from ..jsonl import write_jsonl
 from ..safetensors_io import folder_fingerprint
-from ..text import DEFAULT_PROMPT, PromptFormat, write_jsonl
+from ..text import DEFAULT_PROMPT, PromptFormat
 
 
 def bootstrap_ci(scores: list[float], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -60,13 +62,14 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
 
     `loaded` = (model, tokenizer) already in memory (evaluate_suite loads them once, and
     checks its own output folder)."""
-    from ..atomic import atomic_file, check_output
+    from ..atomic import atomic_file, check_output, say_replacing
 
     cfg = benchmark_settings(benchmark, cfg, "--config")
     spec = BENCHMARKS[benchmark]
     if spec.reads_split and "data" not in cfg:
         raise OrdermergeError(f"benchmark {benchmark}: setting 'data' (a test JSONL) is required")
-    if loaded is None:
+    loaded_here = loaded is None
+    if loaded_here:
         check_output(out_dir, EVAL_META, _inputs(model_dir, cfg))
     if benchmark == "humaneval":
         from .humaneval import sandbox_isolation
@@ -77,7 +80,8 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     t0 = time.perf_counter()
     if loaded is None and spec.loads_model:
         loaded = _load(model_dir)
-    items, extra = import_module(spec.module).run(model_dir, loaded, cfg, prompt, progress)
+    with within_declared_memory("evaluate"):  # beyond its gpu_mem_mb: fails alone, in one line
+        items, extra = import_module(spec.module).run(model_dir, loaded, cfg, prompt, progress)
     scores = [it["score"] for it in items]
     value = sum(scores) / len(scores) if scores else float("nan")
     lo, hi = bootstrap_ci(scores)
@@ -92,6 +96,8 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
     if "lm_eval" in extra:
         result["lm_eval"] = extra["lm_eval"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    if loaded_here and (out_dir / f"{name}.json").is_file():  # a suite publishes a fresh folder
+        say_replacing(out_dir / f"{name}.json", out_dir / f"{name}.json", "ordermerge evaluate")
     write_jsonl(out_dir / f"{name}.items.jsonl", items)
     with atomic_file(out_dir / f"{name}.json") as tmp:  # last: its presence means the items are complete
         tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -103,10 +109,15 @@ def evaluate(model_dir: str | Path, benchmark: str, cfg: dict[str, Any], out_dir
 
 
 def _load(model_dir: Path) -> tuple[Any, Any]:
+    """The model on the job's device, the process capped at the GPU memory the job declared
+    (resource gpu_mem_mb, ordermerge.gpu) before anything is allocated."""
     from ..models import load_model, load_tokenizer
 
+    use_expandable_segments()
+    cap_memory(torch.device(device()))
     tok = load_tokenizer(str(model_dir))
-    return load_model(model_dir, dtype=getattr(torch, compute_dtype()), device=device()), tok
+    with within_declared_memory("evaluate"):
+        return load_model(model_dir, dtype=getattr(torch, compute_dtype()), device=device()), tok
 
 
 def evaluate_suite(model_dir: str | Path, suite: dict[str, dict[str, Any]], out_dir: str | Path,

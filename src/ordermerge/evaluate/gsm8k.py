@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..text import PromptFormat, format_prompt, read_jsonl
+from ..jsonl import read_jsonl
+from ..text import PromptFormat, format_prompt
 from .extract import extract_number
 from .generate import generate
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..text import PromptFormat, encode, per_sample_nll, read_jsonl
+from ..jsonl import read_jsonl
+from ..text import PromptFormat, encode, per_sample_nll
 
 
 def run(model_dir: Path, loaded: tuple[Any, Any], cfg: dict[str, Any], prompt: PromptFormat,

@@ -8,12 +8,13 @@ Standard library only: this one file plays three roles.
                                     ├─ runs the TESTS (trusted: the benchmark's own code) with
                                     │  `candidate` a stub that sends the arguments into the
                                     │  sandbox and decodes the reply as plain data
-                                    └─ setup child: unshare(user, mount, PID, net, IPC, UTS);
-                                       the launcher writes its uid/gid maps; it builds a tmpfs
-                                       root (system and interpreter folders bound read-only, a
-                                       private /tmp, /dev/null…), pivot_root, forks
-                                       └─ server: PID 1 of the new PID namespace, an unprivileged
-                                          uid without capabilities, no_new_privs, rlimits; runs
+                                    └─ setup child: its own session; unshare(user, mount, PID,
+                                       net, IPC, UTS); the launcher writes its uid/gid maps; it
+                                       builds a tmpfs root (system and interpreter folders bound
+                                       read-only, a private /tmp, /dev/null…), pivot_root, forks
+                                       └─ server: PID 1 of the new PID namespace, leader of its
+                                          own session and process group, an unprivileged uid
+                                          without capabilities, no_new_privs, rlimits; runs
                                           `python -I -S sandbox.py --serve`: loads the PROGRAM and
                                           answers calls.
 
@@ -21,8 +22,11 @@ Guarantees, the same for root and an ordinary user (unprivileged user namespaces
 - no network (a new network namespace: not even loopback), no host sockets, no host files but
   the read-only system and interpreter folders; /tmp, /dev/shm and home are private tmpfs or
   absent, and vanish with the run; System V IPC is private;
-- no process outside the run is visible (PID namespace); when the run ends, PID 1 exits and the
-  kernel kills every process of the run before `run_program` returns;
+- no process outside the run is visible (PID namespace) or can be signalled: pids are looked
+  up in the run's namespace, and kill(0, …), which signals the caller's process group across
+  namespaces, reaches only the run's processes (the server leads a session of its own); when the
+  run ends, PID 1 exits and the kernel kills every process of the run before `run_program`
+  returns;
 - memory: at most `max_procs` processes (RLIMIT_NPROC, counted inside the run's own user
   namespace), each with an address space of mem_bytes / max_procs, so the whole tree stays
   under mem_bytes; CPU time, file size and open files are capped;
@@ -396,13 +400,15 @@ def _serve_exec(job: dict, fds: tuple[int, int, int], root: bool) -> None:
 
     libc = _libc()
     isolate = job["isolate"]
+    # kill(0, …) signals the caller's whole process group across PID namespaces, and an ordinary
+    # user's sandbox uid maps to the user's own, so the kernel allows it: the group must hold
+    # sandboxed processes only (the non-isolated path's killpg relies on it too)
+    os.setsid()
     if isolate:
         if root:
             os.setgroups([])
         os.setresgid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)
         os.setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID)  # no capability survives this
-    else:
-        os.setsid()
     null = os.open("/dev/null", os.O_RDWR)
     to_s, from_s, err = fds
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (null, null, err, to_s, from_s)]
@@ -427,7 +433,7 @@ def _serve_exec(job: dict, fds: tuple[int, int, int], root: bool) -> None:
     os.execve(exe, [exe, "-I", "-S", me, "--serve"], env)
 
 
-def _setup_child(job: dict, mp: str, pipes: dict[str, int], root: bool) -> None:
+def _setup_child(job: dict, mp: str, pipes: dict[str, int], root: bool, launcher: int) -> None:
     """The forked setup process: namespaces, root, then the server as its child. Reports
     'ns', then 'ready' (or 'error: …') on the status pipe; never returns."""
     import signal
@@ -436,8 +442,14 @@ def _setup_child(job: dict, mp: str, pipes: dict[str, int], root: bool) -> None:
     for n in ("to_s_w", "from_s_r", "err_r", "status_r", "go_w"):  # the launcher's ends
         os.close(pipes[n])
     try:
+        # a session of the run's own, apart from the evaluator's process group and terminal:
+        # group signals cross neither way; it still dies with the launcher (PDEATHSIG, checked
+        # below), and the server in turn with it
+        os.setsid()
         libc = _libc()
         libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if os.getppid() != launcher:  # the launcher died before PDEATHSIG was armed
+            os._exit(1)
         if job["isolate"]:
             flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
             _ok(libc.unshare(flags), "unshare(user, mount, pid, net, ipc, uts namespaces)",
@@ -465,8 +477,10 @@ def _setup_child(job: dict, mp: str, pipes: dict[str, int], root: bool) -> None:
         os._exit(0)
     except BaseException as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        os.write(status, f"error: {why}\n".encode())
-        os._exit(1)
+        try:
+            os.write(status, f"error: {why}\n".encode())
+        finally:  # never back into the launcher's code, even with the launcher gone (EPIPE)
+            os._exit(1)
 
 
 def _write_maps(pid: int, root: bool) -> None:
@@ -508,9 +522,10 @@ def _launch(job: dict) -> dict:
     for n in names:
         pipes[f"{n}_r"], pipes[f"{n}_w"] = os.pipe()
     mp = _mountpoint() if job["isolate"] else ""
+    launcher = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _setup_child(job, mp, pipes, root)
+        _setup_child(job, mp, pipes, root, launcher)
     for n in ("to_s_r", "from_s_w", "err_w", "status_w", "go_r"):
         os.close(pipes[n])
     status = os.fdopen(pipes["status_r"], "rb")

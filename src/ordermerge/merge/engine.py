@@ -133,6 +133,7 @@ class MergePlan:
     name: str | None
     readers: list[CheckpointReader]  # θ1..θN, θ0
     out_dtype: dict[str, torch.dtype]
+    tuning: dict[str, Any] | None = None  # how the parameters were chosen (ordermerge.tuning)
 
     @property
     def base_reader(self) -> CheckpointReader:
@@ -165,9 +166,11 @@ def merge(
     progress: bool = True,
     name: str | None = None,
     threads: int | None = None,
+    tuning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Merge `models` (fine-tuned from `base`) with `method` into the HF folder `out`; returns
-    merge.json. `name` (the config's merge name) is recorded in it.
+    merge.json. `name` (the config's merge name) and `tuning` (how `params` were chosen on the
+    validation split, from ordermerge.tuning) are recorded in it.
 
     Streams chunks of one tensor name at a time through a pool of `threads` workers; writes into
     a hidden sibling folder and renames it at the end, so an interrupted merge never leaves a
@@ -195,7 +198,7 @@ def merge(
         out_dtype = {n: getattr(torch, dtype) if dtype and base_r.infos[n].dtype.is_floating_point
                      else base_r.infos[n].dtype for n in base_r.names()}
         plan = MergePlan(base, models, out, method, params, w, seed, dtype, name,
-                         [*model_rs, base_r], out_dtype)
+                         [*model_rs, base_r], out_dtype, tuning)
         meta = run_plan(plan, max_shard_size, threads or _workers(), progress)
     meta["summary"]["seconds"] = round(time.perf_counter() - t0, 3)
     return meta
@@ -356,6 +359,8 @@ def merge_metadata(plan: MergePlan, tally: _Tally) -> dict[str, Any]:
         "task_vector_zero": per_model,
         "elements": total,
     }
+    if plan.tuning is not None:
+        meta["tuning"] = plan.tuning
     if METHODS[plan.method].reports_picks:
         n = int(tally.picks.sum())
         meta["selection_share"] = [int(c) / n if n else 0.0 for c in tally.picks]
