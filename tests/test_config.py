@@ -317,14 +317,17 @@ def test_readme_describes_the_default_config() -> None:
         f"batch {exp['sft']['batch_size']}",
         f"{len(cfg['merges'])} methods" if len(cfg["merges"]) != 6 else "six methods",
         "one merge seed" if seeds == 1 else f"{seeds} merge seeds",
-        f"first {cfg['ablation']['sizes'][0]} orders",
+        "one replicate" if exp["orders"]["replicates"] == 1 else f"{exp['orders']['replicates']} replicates",
+        f"chosen on {exp['data']['val_size']} validation items",
+        f"{'one random subset' if cfg['ablation'].get('subsets', 1) == 1 else 'random subsets'} of "
+        f"{cfg['ablation']['sizes'][0]} orders",
         f"on {exp['data']['test_size']} new instances",
         f"{exp['data']['test_size']} problems from {exp['data']['heldout_templates']} held-out templates",
     ]
     assert [e for e in expected if e not in intro] == []
     # the generated claims table is from a run of this config: its n is the test size
     table = readme[readme.index(README_START) : readme.index(README_END)]
-    ns = {line.split(" | ")[3] for line in table.splitlines() if line.startswith("| b:")}
+    ns = {line.split(" | ")[4] for line in table.splitlines() if " | b: " in line}
     assert ns == {str(exp["data"]["test_size"])}
 
 
