@@ -635,11 +635,19 @@ def read_claims(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def render_markdown(table: pd.DataFrame) -> str:
-    """The claims table in Markdown; R = 1 rows are marked † (conditional on one set of orders)."""
+def render_markdown(table: pd.DataFrame, summary: bool = False) -> str:
+    """The claims table in Markdown; R = 1 rows are marked † (conditional on one set of orders).
+    `summary` (the README's): every primary row, and of the exploratory rows those shown or
+    opposite, with a count of the others per family (the full table: tables/claims.md)."""
     lines = ["| family | claim | benchmark | comparison | n | R | effect | 95% CI (unadjusted) | p "
              "| p (Holm, in family) | verdict | detectable (80% power, family Bonferroni) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    left: dict[str, int] = {}
+    if summary:
+        keep = (table.family == PRIMARY) | table.verdict.isin(["shown", "opposite"])
+        for fam in table.family[~keep]:
+            left[fam] = left.get(fam, 0) + 1
+        table = table[keep]
     for _, r in table.iterrows():
         note = f" ({r.note})" if r.note else ""
         dagger = "†" if r.R == 1 else ""
@@ -649,6 +657,10 @@ def render_markdown(table: pd.DataFrame) -> str:
                      f"{r.R}{dagger} | {k * r.estimate:{fmt}}{unit} | [{k * r.ci_lo:{fmt}}, {k * r.ci_hi:{fmt}}] | "
                      f"{r.p:.3g} | {r.p_holm:.3g} | **{r.verdict}**{note} | {k * r.detectable:{fmt[1:]}}{unit} |")
     lines.append("")
+    if left:
+        lines.append("Not listed (not shown or not tested; every row is in the experiment's "
+                     "`tables/claims.md`): " + ", ".join(f"{n} in {f}" for f, n in left.items()) + ".")
+        lines.append("")
     lines.append("p: unadjusted; p (Holm): adjusted within the row's family (primary: fixed before the "
                  "data; exploratory: one family per claim); verdict from p (Holm) < 0.05 and the CI's "
                  "side of 0.")

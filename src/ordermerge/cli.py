@@ -393,7 +393,8 @@ def _readme_claims_args(p: argparse.ArgumentParser) -> None:
 
 @command("readme-claims", _readme_claims_args)
 def _readme_claims(a: argparse.Namespace) -> None:
-    """Rewrite the README's claims table (between its two marker lines) from claims.csv files."""
+    """Rewrite the README's claims table (between its two marker lines) from claims.csv files:
+    the primary family and the exploratory rows shown or opposite (the rest counted)."""
     from .atomic import atomic_file
     from .claims import read_claims, render_markdown
 
@@ -407,7 +408,7 @@ def _readme_claims(a: argparse.Namespace) -> None:
             table = read_claims(f)
         except (OSError, ValueError) as e:
             raise OrdermergeError(f"{f}: cannot read a claims table ({e})") from None
-        blocks.append(f"`{f}`:\n\n{render_markdown(table)}")
+        blocks.append(f"`{f}`:\n\n{render_markdown(table, summary=True)}")
     head, rest = text.split(README_START)
     _, tail = rest.split(README_END)
     with atomic_file(path) as tmp:

@@ -113,8 +113,10 @@ def fig_imbalance(losses: pd.DataFrame, epochs: int, batch: int, claims: pd.Data
               ("step_epoch1", "residual", "loss − sample's mean over orders", "a")]
     if epochs > 1:
         panels.append((last, "residual", "loss − sample's mean over orders", "a_recency"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.1), squeeze=False)
-    for ax, (pos, col, ylabel, claim) in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.5), squeeze=False)
+    titles = [f"{title}: final loss by step ({losses.id.nunique()} samples)",
+              "residual: the step effect within samples", "residual: last-epoch step (recency)"]
+    for ax, (pos, col, ylabel, claim), head in zip(axes[0], panels, titles, strict=False):
         ax.scatter(losses[pos] + np.random.default_rng(0).uniform(-0.3, 0.3, len(losses)),
                    losses[col], s=5, alpha=0.3, color="#1f77b4", label="a sample in one order")
         _binned(ax, losses[pos], losses[col], steps, bins, "k",
@@ -129,13 +131,11 @@ def fig_imbalance(losses: pd.DataFrame, epochs: int, batch: int, claims: pd.Data
             # by that much from the first step to the last
             xs = np.array([0, steps - 1])
             ax.plot(xs, r.estimate * (0.5 - xs / max(steps - 1, 1)), color="#d62728", lw=1.5,
-                    label=f"claim {claim}: first − last step = {r.estimate:+.3f}\n"
-                          f"95% CI [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}], verdict: {r.verdict}")
-        ax.legend(fontsize=6)
-    axes[0][0].set_title(f"{title}: final loss by step ({losses.id.nunique()} samples)")
-    axes[0][1].set_title("residual: the step effect within samples")
-    if epochs > 1:
-        axes[0][2].set_title("residual vs last-epoch step (recency)")
+                    label=f"claim {claim}'s fit (one model: both steps,\nsample and order effects)")
+            head += (f"\n{claim} = first − last step: {r.estimate:+.3f} "
+                     f"[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}], {r.verdict}")
+        ax.set_title(head, fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
     _save(fig, lay, "imbalance")
 
 
@@ -177,6 +177,8 @@ def fig_main(manifest: dict[str, Any], claims: pd.DataFrame, floor: set[str], la
                 ax.errorbar(est, y, xerr=[[est - max(lo, -half)], [min(hi, half) - est]],
                             fmt="D" if r.claim != "b" or name in resampling else "o",
                             color=colour, ms=5, capsize=3)
+                for end in (e for e in (lo, hi) if abs(e) > half):  # an interval past the axis
+                    ax.plot(np.sign(end) * half, y, ">" if end > 0 else "<", color=colour, ms=5)
             else:  # outside the primary effects' axis: a marker at the edge, its value written
                 edge = np.sign(est) * half
                 ax.plot(edge, y, ">" if est > 0 else "<", color=colour, ms=7)
@@ -195,14 +197,15 @@ def fig_main(manifest: dict[str, Any], claims: pd.DataFrame, floor: set[str], la
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_xlabel(f"paired difference, {unit} (> 0: the paper's direction)")
         n_items = int(rows.n.iloc[0])
-        ax.set_title(f"{bench} ({n_items} items, {len(manifest['replicates'])} replicate(s))")
+        reps = len(manifest["replicates"])
+        ax.set_title(f"{bench} ({n_items} items, {reps} replicate{'s' if reps > 1 else ''})")
     if not benches:
         axes[0][0].set_axis_off()
     at_zero = f"\nat floor (every model scores 0), not drawn: {', '.join(sorted(floor))}" if floor else ""
     fig.suptitle("◆ selection + resampling against the mean single model, weighted averaging and "
                  "plain selection (b, c, d); ● every other merge against the mean single model\n"
-                 "bars: 95% CI (unadjusted); verdicts: Holm within each family; ▶ beyond the axis, "
-                 "value written" + at_zero, fontsize=8)
+                 "bars: 95% CI (unadjusted); verdicts: Holm within each family; ▶ an estimate beyond "
+                 "the axis (its value written) or an interval that goes on" + at_zero, fontsize=8)
     _save(fig, lay, "main")
 
 
@@ -232,7 +235,7 @@ def fig_ablation(items, manifest: dict[str, Any], floor: set[str], lay) -> None:
         ax.axhline(0, color="#555555", ls="--", lw=1, label="mean single model")
         ax.set_xlabel("merged sub-models m")
         ax.set_ylabel(f"difference, {unit} (> 0: better)")
-        ax.set_title(f"{bench}: 95% CIs\n(m < N: mean over the merged order subsets)", fontsize=8)
+        ax.set_title(f"{bench}: 95% CIs\n(m < N: mean over order subsets)", fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if benches:
         axes[0][-1].legend(fontsize=6)
