@@ -79,6 +79,16 @@ def test_grid_is_the_product_in_order_and_ties_go_to_the_first_point():
     assert rec["chosen"] == points[1]
     with pytest.raises(OrdermergeError, match="2 grid points but 1 scores"):
         choose(points[:2], [0.1], True, "val")
+    # a NaN validation score never wins at random: it is refused, naming the grid point
+    with pytest.raises(OrdermergeError, match=r"grid point \{'density': 0.5, 'lambda': 0.5\} scored nan"):
+        choose(points, [0.9, float("nan"), 0.7, 0.8], True, "val")
+
+
+def test_grid_names_round_trip():
+    from ordermerge.tuning import grid_name, split_grid_name
+
+    assert grid_name("ties", 3) == "ties__t3" and split_grid_name("ties__t3") == ("ties", 3)
+    assert split_grid_name("ties") == ("ties", None)
 
 
 def test_tune_command_reads_the_validation_results(tmp_path, capsys):

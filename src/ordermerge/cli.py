@@ -125,10 +125,10 @@ def _tune(a: argparse.Namespace) -> None:
         path = Path(d) / f"{a.benchmark}.json"
         try:
             res = json.loads(path.read_text())
-        except (OSError, ValueError):
+            scores.append(float(res["value"]))
+            kind = res["benchmark"]
+        except (OSError, ValueError, KeyError, TypeError):
             raise OrdermergeError(f"{path}: no validation result") from None
-        scores.append(float(res["value"]))
-        kind = res["benchmark"]
     rec = choose(points, scores, BENCHMARKS[kind].lower_is_better, f"{a.benchmark} ({kind}, val)")
     with atomic_file(a.out) as tmp:
         tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
@@ -276,11 +276,11 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 def _plan(a: argparse.Namespace) -> None:
     """Memory per GPU of an SFT job under FSDP over each GPU count; the smallest that fits."""
     from .plan import GiB, choose_gpus, model_shape, plan_memory, render
-    from .sft_config import SFTConfig  # torch-free: planning needs no torch
+    from .sft_config import SFTConfig, compute_bytes  # torch-free: planning needs no torch
 
     sft = SFTConfig.from_dict(_json_arg(a.config, "--config")).__dict__
     shape = model_shape(a.base)
-    c = 2 if a.compute_dtype == "bfloat16" else 4
+    c = compute_bytes(a.compute_dtype)
     print(f"{a.base}: {shape.params / 1e9:.2f} B parameters, {shape.layers} layers; "
           f"batch {sft['batch_size']}, micro-batch {sft['micro_batch_size'] or 'whole share'}, "
           f"{sft['max_length']} tokens, checkpointing {'on' if sft['gradient_checkpointing'] else 'off'}; "
@@ -440,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
+        if "transformers" in sys.modules:  # imported already (a library caller): tell it directly
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         args.func(args)
     except OrdermergeError as e:

@@ -171,14 +171,11 @@ def _check_data(exp: str, e: dict[str, Any]) -> None:
         raise OrdermergeError(f"config key experiments.{exp}.{err}") from None
 
 
-GRID_SEP = "__"  # reserved: the workflow names a tuned merge's grid points {merge}__t{i}
-
-
 def _check_tuning(cfg: dict[str, Any], name: str, m: dict[str, Any]) -> None:
     """A tuned merge (merges.NAME.tune): known parameters, every grid point valid, a validation
     split to choose on, and a validation benchmark that reads one."""
-    if GRID_SEP in name:
-        raise OrdermergeError(f"config key merges.{name}: names may not contain {GRID_SEP!r} "
+    if "__" in name:  # tuning.GRID_SEP starts with it: no name can look like a grid point
+        raise OrdermergeError(f"config key merges.{name}: names may not contain '__' "
                               "(reserved for the grid points of tuned merges)")
     tune = m.get("tune")
     if not tune:

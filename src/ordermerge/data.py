@@ -172,10 +172,6 @@ def humaneval_rows() -> list[Row]:
     return [row for row, _, _ in adapt("humaneval", _humaneval_problems())]
 
 
-def codeio_rows() -> list[Row]:
-    return [row for row, _, _ in adapt("codeio", _codeio_records())]
-
-
 def gsm_symbolic_streams(
     train_size: int, test_size: int, heldout_templates: int, seed: int, val_size: int = 0
 ) -> dict[str, Iterator[Item]]:

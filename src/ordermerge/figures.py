@@ -224,8 +224,11 @@ def fig_ablation(items, manifest: dict[str, Any], floor: set[str], lay) -> None:
         for s in manifest["ablation"]:
             ms = sorted({m["m"] for m in manifest["models"] if m.get("merge") == s})
             est, lo, hi = [], [], []
-            for m in ms:
+            for m in list(ms):
                 merged = {r: seed_mean(sc, manifest, s, m, r) for r, sc in reps.items()}
+                if any(v is None for v in merged.values()):  # a benchmark of the main models only
+                    ms.remove(m)
+                    continue
                 e = replicate_effect(merged, single, lower)
                 c = e.ci(0.95)
                 est.append(scale * e.estimate)

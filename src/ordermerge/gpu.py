@@ -39,15 +39,18 @@ def declared_mb() -> int:
     return int(raw)
 
 
-def cap_memory(device: torch.device) -> None:
+def cap_memory(device: torch.device, at_least: int = 0) -> None:
     """Limit this process's allocations on `device` to its share of the job's declaration (a
     job of W ranks has one GPU per rank), less the CUDA context, which the caching allocator
-    does not count."""
+    does not count. `at_least` (bytes; the job's own memory plan for its actual rank count)
+    keeps the cap from starving a job whose declaration was made for another GPU count (e.g.
+    `--set-resources sft:gpu=2` without gpu_memory_gb declares the one-GPU plan)."""
     mb = declared_mb() / int(os.environ.get("WORLD_SIZE", "1"))
     if device.type != "cuda" or not mb:
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, max(0.0, (mb * MiB - CONTEXT) / total)), device)
+    cap = max(mb * MiB, at_least) - CONTEXT
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max(0.0, cap / total)), device)
 
 
 @contextmanager

@@ -100,9 +100,8 @@ def _table(path: Path, delimiter: str) -> Records:
     return Records(str(path), rows, lines)
 
 
-def read_records(path: str | Path, columns: list[str] | None = None) -> Records:
-    """A local dataset file (one of catalog.DATA_EXTENSIONS) as Records. `columns` limits a
-    Parquet file to those columns (the others are not read); other formats read everything."""
+def read_records(path: str | Path) -> Records:
+    """A local dataset file (one of catalog.DATA_EXTENSIONS) as Records."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
@@ -125,26 +124,11 @@ def read_records(path: str | Path, columns: list[str] | None = None) -> Records:
         import pyarrow.parquet as pq
 
         try:
-            names = pq.read_schema(p).names
-            keep = None if columns is None else [c for c in columns if c in names]
-            table = pq.read_table(p, columns=keep)
+            table = pq.read_table(p)
         except OSError as e:
             raise OrdermergeError(f"{p}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
-        rows = table.to_pylist()
-        if columns is not None and not rows and table.num_rows:
-            rows = [{} for _ in range(table.num_rows)]
-        return Records(str(p), rows)
+        return Records(str(p), table.to_pylist())
     raise OrdermergeError(f"{p}: unsupported dataset file (expected {', '.join(DATA_EXTENSIONS)})")
-
-
-def parquet_columns(path: str | Path) -> list[str]:
-    """A Parquet file's column names, from its footer alone."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(path).names
-    except OSError as e:
-        raise OrdermergeError(f"{path}: cannot read as Parquet ({str(e).splitlines()[0]})") from None
 
 
 def _looks_local(p: str) -> str | None:

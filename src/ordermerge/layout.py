@@ -26,7 +26,8 @@ SUB = r"n\d+(?:-o\d+(?:\.\d+)*)?"
 class ModelId:
     """`base`, `order{k}` (the sub-model of data order k) or `{merge}-n{m}[-o{k1.k2…}]-s{seed}`
     (merge `merge` of m sub-models with merge seed `seed`: orders 1..m, or the subset `orders`
-    of an ablation). Within one replicate: every replicate has the same ids."""
+    of an ablation). Within one replicate: the same id names another model in another
+    replicate (its folder is under rep{r}/)."""
 
     kind: str  # base | order | merge
     k: int = 0
@@ -83,9 +84,6 @@ class Layout:
     def rep_root(self) -> str:
         return f"{self.root}/rep{self.rep}"
 
-    def replicate(self, rep: int | str) -> Layout:
-        return Layout(self.results, self.exp, rep)
-
     # inputs of the DAG, shared by the replicates
     @property
     def base(self) -> str:
@@ -95,7 +93,7 @@ class Layout:
     def data_dir(self) -> str:
         return f"{self.root}/data"
 
-    def data(self, split: str) -> str:  # train, test_id, test_ood, or stats (json)
+    def data(self, split: str) -> str:  # train, val, test_id, test_ood, or stats (json)
         return f"{self.data_dir}/{split}.json" if split == "stats" else f"{self.data_dir}/{split}.jsonl"
 
     # one replicate

@@ -18,7 +18,6 @@ from .claims import (
     claims_from_results,
     read_claims,
     replicate_effect,
-    resamples,
     seed_mean,
     single_mean,
 )
@@ -275,10 +274,8 @@ def _write(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def absent_claims(manifest: dict[str, Any], table: pd.DataFrame) -> dict[str, str]:
-    """Claims with no row in the table, each with the reason (what the config lacks)."""
-    methods = {s: v["method"] for s, v in manifest["merge_specs"].items()}
-    resample = [s for s, v in manifest["merge_specs"].items() if resamples(v)]
+def absent_claims(table: pd.DataFrame) -> dict[str, str]:
+    """Claims with no row in the table, each with what the config lacks for it."""
     why = {
         "b": "no merges",
         "c": "needs a parameter_selection merge and a weighted_average merge",
@@ -286,12 +283,10 @@ def absent_claims(manifest: dict[str, Any], table: pd.DataFrame) -> dict[str, st
         "e": "no ablation (ablation.sizes is empty)",
         "f": "no per-sample losses of merges",
     }
-    if resample and "weighted_average" in methods.values():
-        why.pop("c")
     return {c: r for c, r in why.items() if c not in set(table.claim)}
 
 
-def _verdict_summary(table: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
+def _verdict_summary(table: pd.DataFrame) -> list[str]:
     """One row per claim: which comparisons are shown or opposite, how many are not shown; then
     the claims the config could not test, and why. Short on purpose: the report centres its
     front page, so a long one loses its top."""
@@ -312,7 +307,7 @@ def _verdict_summary(table: pd.DataFrame, manifest: dict[str, Any]) -> list[str]
         cells = [f"{claim}: {rows.statement.iloc[0]}", "; ".join(parts)]
         lines.append("   " + ", ".join('"' + str(c).replace('"', '""') + '"' for c in cells))
     lines.append("")
-    absent = absent_claims(manifest, table)
+    absent = absent_claims(table)
     if absent:
         lines += ["Not tested by this config: " + "; ".join(f"**{c}** ({why})" for c, why in absent.items())
                   + ".", ""]
@@ -340,5 +335,5 @@ def front_page(runs: list[dict[str, Any]]) -> str:
         kept = json.loads(Path(lay.data("stats")).read_text())["splits"]["train"]["rows"]
         out += ["; ".join(f"**{k}**: {v}" for k, v in setup.items())
                 + f"; **training samples** after the length filter: {kept}.", ""]
-        out += _verdict_summary(read_claims(Path(lay.table("claims.csv"))), man)
+        out += _verdict_summary(read_claims(Path(lay.table("claims.csv"))))
     return "\n".join(out) + "\n"

@@ -54,7 +54,7 @@ from .gpu import cap_memory, use_expandable_segments, within_declared_memory
 from .jsonl import read_jsonl
 from .models import FINGERPRINT, load_tokenizer
 from .orders import read_order
-from .sft_config import SFTConfig, micro_accum
+from .sft_config import SFTConfig, compute_bytes, micro_accum
 from .text import DEFAULT_PROMPT, IGNORE, PromptFormat, collate, encode, response_logits
 
 SFT_META = "ordermerge_sft.json"
@@ -266,8 +266,9 @@ def micro_batches(plan: SFTPlan, step: int, world: int) -> list[list[list[str]]]
 def train_step(model, plan: SFTPlan, step: int, tok, device: torch.device, rank: int,
                world: int) -> StepResult:
     """Forward and backward over one optimizer step's samples (this rank's slice of every
-    micro-batch), gradients reduce-scattered (summed across ranks) on every micro-step. No
-    host synchronisation: the loss stays on the device until the step is logged."""
+    micro-batch), gradients reduce-scattered (summed across ranks) on every micro-step. The
+    loss stays on the device until the step is logged; the one host exchange is the gather of
+    the ids each rank trained on (the log's witness), after the last backward."""
     ids = plan.steps[step][1]
     n_tokens = sum(len(plan.encoded[i][0]) - plan.encoded[i][1] for i in ids)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -296,19 +297,19 @@ def train_step(model, plan: SFTPlan, step: int, tok, device: torch.device, rank:
                       sum(len(x) * max(x, default=0) for x in lengths))
 
 
-def _check_memory_plan(base: Path, cfg: SFTConfig, world: int, amp: torch.dtype | None,
-                       device: torch.device) -> None:
+def _check_memory_plan(base: Path, cfg: SFTConfig, world: int, device: torch.device) -> int:
     """Fail in one line before loading the model, not at the first optimizer step, when the
-    memory plan (ordermerge.plan) does not fit this job's GPUs."""
+    memory plan (ordermerge.plan) does not fit this job's GPUs; else the plan's bytes per GPU."""
     from .plan import GiB, model_shape, plan_memory
 
-    plan = plan_memory(model_shape(base), asdict(cfg), world, 2 if amp else 4)
+    plan = plan_memory(model_shape(base), asdict(cfg), world, compute_bytes(cfg.dtype))
     have = torch.cuda.get_device_properties(device).total_memory
     if not plan.fits(have):
         raise OrdermergeError(
             f"SFT does not fit: the memory plan needs {plan.total / GiB:.1f} GiB per GPU on {world} "
             f"GPU(s), this GPU has {have / GiB:.1f} GiB (`ordermerge plan --base {base}` shows "
             "the smallest GPU count that fits)")
+    return plan.total
 
 
 def _amp_dtype(cfg: SFTConfig, device: torch.device) -> torch.dtype | None:
@@ -374,8 +375,7 @@ def _train(base: Path, data: str | Path, order_path: str | Path, out: Path, cfg:
                          f"{SFT_META})\n")
     amp = _amp_dtype(cfg, device)
     if device.type == "cuda":
-        _check_memory_plan(base, cfg, world, amp, device)
-        cap_memory(device)
+        cap_memory(device, at_least=_check_memory_plan(base, cfg, world, device))
     model, params, opt, sched = build_model(base, cfg, plan, device, amp, world)
     start, log = restore(scratch, model, opt, sched, rank)
     if start and rank == 0:

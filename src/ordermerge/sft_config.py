@@ -51,3 +51,10 @@ def micro_accum(batch_size: int, micro_batch_size: int | None, world: int) -> tu
     the accumulation covers the batch (the last micro-step may be short)."""
     micro = micro_batch_size or -(-batch_size // world)
     return micro, -(-batch_size // (micro * world))
+
+
+def compute_bytes(dtype: str, cuda: bool = True) -> int:
+    """Bytes per element of SFT's compute copies for `sft.dtype` (auto: bf16 on CUDA, fp32 on
+    CPU): what every memory plan of the job counts, in the workflow and in the job alike."""
+    name = dtype if dtype != "auto" else ("bfloat16" if cuda else "float32")
+    return 4 if name == "float32" else 2

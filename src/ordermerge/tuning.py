@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from . import OrdermergeError
+
+GRID_SEP = "__t"  # a grid point of merge M is the internal merge M__t{i}: M's names may not hold "__"
+
+
+def grid_name(merge: str, i: int) -> str:
+    return f"{merge}{GRID_SEP}{i}"
+
+
+def split_grid_name(name: str) -> tuple[str, int | None]:
+    """(the config's merge, the grid point's index) of a merge name; index None for a merge
+    that is not a grid point."""
+    merge, sep, i = name.partition(GRID_SEP)
+    return (merge, int(i)) if sep else (name, None)
 
 
 def grid(params: dict[str, Any], tune: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -30,6 +44,9 @@ def choose(points: list[dict[str, Any]], scores: list[float], lower_is_better: b
     """The record of one choice: the grid, its validation scores and the chosen point."""
     if len(points) != len(scores) or not points:
         raise OrdermergeError(f"tuning: {len(points)} grid points but {len(scores)} scores")
+    for point, score in zip(points, scores, strict=True):
+        if not math.isfinite(score):  # NaN compares false both ways: it would win at random
+            raise OrdermergeError(f"tuning: grid point {point} scored {score} on the validation split")
     sign = 1.0 if lower_is_better else -1.0
     best = min(range(len(points)), key=lambda i: (sign * scores[i], i))
     return {"chosen": points[best], "grid": points, "validation_scores": scores,

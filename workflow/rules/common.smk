@@ -13,7 +13,9 @@ from ordermerge.config import method_params, validate_config
 from ordermerge.layout import SUB, Layout, ModelId, config_digest, front_page
 from ordermerge.orders import ablation_subsets
 from ordermerge.tuning import grid as tuning_grid
+from ordermerge.tuning import grid_name, split_grid_name
 from ordermerge.plan import GiB, choose_gpus, model_shape, plan_inference, plan_memory
+from ordermerge.sft_config import compute_bytes
 from ordermerge.safetensors_header import has_weights, tensor_numels
 
 try:
@@ -128,9 +130,8 @@ def main_merge_losses(exp):
     ]
 
 
-# Tuned merges (merges.*.tune): every grid point is an internal merge named {merge}__t{i},
+# Tuned merges (merges.*.tune): every grid point is an internal merge (tuning.grid_name),
 # merged from all N orders with the first merge seed and evaluated on the validation split only.
-GRID_SEP = "__t"
 TUNED = [s for s, v in MERGES.items() if v.get("tune")]
 
 
@@ -142,14 +143,14 @@ def grid_points(merge):
 def grid_ids(exp, merge):
     n, first = n_orders(exp), config["merge_seeds"][0]
     return [
-        ModelId("merge", merge=f"{merge}{GRID_SEP}{i}", m=n, seed=first)
+        ModelId("merge", merge=grid_name(merge, i), m=n, seed=first)
         for i in range(len(grid_points(merge)))
     ]
 
 
 def config_merge(name):
     """The config's merge behind a merge wildcard (a grid point's belongs to its merge)."""
-    return name.split(GRID_SEP)[0]
+    return split_grid_name(name)[0]
 
 
 def validation_suite(exp):
@@ -196,7 +197,7 @@ def bench_settings(exp, bench):
 def eval_suite(exp, rep, model):
     """The benchmarks one model is evaluated on, with their settings (the evaluate job's params)."""
     mid = ModelId.parse(str(model))
-    if GRID_SEP in mid.merge:
+    if split_grid_name(mid.merge)[1] is not None:
         return validation_suite(exp)
     return {
         bench: {
@@ -252,11 +253,13 @@ def sft_plan(wildcards, input):
     """
     if not Path(input.base, "config.json").exists():
         raise FileNotFoundError(errno.ENOENT, "no config.json", str(input.base))
+    sft = EXPS[wildcards.exp]["sft"]
     try:
         return choose_gpus(
             model_shape(input.base),
-            EXPS[wildcards.exp]["sft"],
+            sft,
             int(config["gpu_memory_gb"] * GiB),
+            compute_bytes=compute_bytes(sft["dtype"]),
         )
     except OrdermergeError as err:
         gb = config["gpu_memory_gb"]
@@ -278,17 +281,19 @@ def sft_mem_mb(wildcards, input, attempt):
 
 
 def sft_gpu_mem_mb(wildcards, input):
-    """GPU memory (MB) one SFT job declares: its plan per GPU times its GPUs (one when the
+    """GPU memory (MB) one SFT job declares: its plan per GPU times its GPUs (one GPU when the
     config plans none: a study sharing one GPU sets sft:gpu=1). With `--resources
-    gpu_mem_mb=<card MB>` jobs sharing a GPU cannot overcommit it; the job caps itself at this
-    (ordermerge.gpu). Without that flag (CPU runs) the value only shows in the dry run.
+    gpu_mem_mb=<card MB>` jobs sharing a GPU cannot overcommit it. On a GPU the job caps
+    itself at this (ordermerge.gpu; never below its own plan for the ranks it runs); on CPU
+    the value only shows in the dry run.
     """
+    if config["gpu_memory_gb"]:
+        plan = sft_plan(wildcards, input)
+        return plan.gpus * plan.mb
     if not Path(input.base, "config.json").exists():
         raise FileNotFoundError(errno.ENOENT, "no config.json", str(input.base))
     sft = EXPS[wildcards.exp]["sft"]
-    gpus = sft_gpus(wildcards, input) or 1
-    compute = 4 if sft.get("dtype") == "float32" else 2
-    return gpus * plan_memory(model_shape(input.base), sft, gpus, compute).mb
+    return plan_memory(model_shape(input.base), sft, 1, compute_bytes(sft["dtype"])).mb
 
 
 def inference_shape(wildcards, input):
@@ -348,10 +353,9 @@ def sft_nproc(wildcards, resources):
 def merge_config(w):
     """The merge job's parameters: the config's; a grid point's; or, for a tuned merge, the
     tuning record chosen on the validation split (--tuning)."""
-    name = config_merge(w.merge)
-    if GRID_SEP in w.merge:
-        point = grid_points(name)[int(w.merge.split(GRID_SEP)[1])]
-        return f"--config {shlex.quote(as_json(point))}"
+    name, point = split_grid_name(w.merge)
+    if point is not None:
+        return f"--config {shlex.quote(as_json(grid_points(name)[point]))}"
     if name in TUNED:
         return f"--tuning {shlex.quote(layout(w.exp, w.rep).tuned(name))}"
     return f"--config {shlex.quote(as_json(MERGES[name]['params']))}"
@@ -359,7 +363,7 @@ def merge_config(w):
 
 def tuning_record(w):
     """A tuned merge's input: its replicate's tuning record."""
-    if GRID_SEP not in w.merge and w.merge in TUNED:
+    if split_grid_name(w.merge)[1] is None and w.merge in TUNED:
         return layout(w.exp, w.rep).tuned(w.merge)
     return []
 

@@ -52,11 +52,8 @@ rule figures:
             for r in replicates(w.exp)
             for k in range(1, n_orders(w.exp) + 1)
         ],
-        merges=lambda w: [
-            layout(w.exp, r).model(m)
-            for r in replicates(w.exp)
-            for m in merged_ids(w.exp, r)
-        ],
+        # the zero task-vector share figure reads one merge of all N per replicate
+        zero_share=lambda w: zero_share_source(w.exp),
     output:
         **{
             f: report(L.figure(f), caption=f"../report/{f}.rst", category="Figures")
