@@ -188,6 +188,11 @@ def zero_shares(manifest: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rep", "order", "dtype", "zero_fraction"])
 
 
+def _add_note(table: pd.DataFrame, rows: pd.Series, note: str) -> None:
+    """Append `note` to the notes of `rows` (after what a row already says)."""
+    table.loc[rows, "note"] = [f"{n}; {note}" if n else note for n in table.loc[rows, "note"]]
+
+
 def claims(manifest: dict[str, Any], items: Items) -> pd.DataFrame:
     """The claims table (ordermerge.claims) of one experiment, with the zero share of the
     task vectors noted beside claim d (its mechanism)."""
@@ -203,14 +208,14 @@ def claims(manifest: dict[str, Any], items: Items) -> pd.DataFrame:
                     f"{k} = {v}" for k, v in sorted(meta["tuning"]["chosen"].items())))
         note = "tuned on the validation split (" + "; ".join(chosen) + ")"
         mine = table.comparison.str.startswith(f"{s} ") | table.comparison.str.startswith(f"{s}:")
-        table.loc[mine, "note"] = [f"{n}; {note}" if n else note for n in table.loc[mine, "note"]]
+        _add_note(table, mine, note)
     zeros = zero_shares(manifest)
     if len(zeros):
         note = (f"τ = 0 exactly in {100 * zeros.zero_fraction.min():.1f}–"
                 f"{100 * zeros.zero_fraction.max():.1f}% of entries per sub-model "
                 f"({zeros.dtype.iloc[0]})")
         d = table.claim == "d"
-        table.loc[d, "note"] = [f"{n}; {note}" if n else note for n in table.loc[d, "note"]]
+        _add_note(table, d, note)
     return table
 
 

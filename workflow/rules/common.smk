@@ -396,7 +396,8 @@ def setup_summary(exp):
 
 
 # the report's front page of this very config (another config writes another page)
-FRONT_PAGE = front_page(RES, config_digest(as_json(config)))
+CONFIG_DIGEST = config_digest(as_json(config))
+FRONT_PAGE = front_page(RES, CONFIG_DIGEST)
 
 
 def front_page_report():

@@ -78,7 +78,7 @@ rule front_page:
     output:
         FRONT_PAGE,
     log:
-        f"{RES}/logs/front_page-{config_digest(as_json(config))}.log",
+        f"{RES}/logs/front_page-{CONFIG_DIGEST}.log",
     conda:
         "../../envs/report.yaml"
     params:
